@@ -70,7 +70,7 @@ def sru_step(
         raise ValueError(f"dropout_mask must have shape (B, H)={(B, H)}, got {_shape(dropout_mask)}")
     which = select_backend(U, backend)
     if which == "cpu" and U.dtype != torch.float64:
-        from .cpu import step_available, sru_step_cpu
+        from .cpu import sru_step_cpu, step_available
 
         if step_available():
             return sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, float(scale_x))

@@ -65,7 +65,9 @@ def sru_step(
     if U.shape[1] == 3 * H and (x is None or x.shape != (B, H)):
         raise ValueError(f"x must have shape (B, H)={(B, H)} when k=3, got {_shape(x)}")
     if mask_pad is not None and (mask_pad.shape != (B,) or mask_pad.dtype != torch.bool):
-        raise ValueError(f"mask_pad must be a bool tensor of shape (B,)={(B,)}, got {_shape(mask_pad)} {mask_pad.dtype}")
+        raise ValueError(
+            f"mask_pad must be a bool tensor of shape (B,)={(B,)}, got {_shape(mask_pad)}, {mask_pad.dtype}"
+        )
     if dropout_mask is not None and dropout_mask.shape != (B, H):
         raise ValueError(f"dropout_mask must have shape (B, H)={(B, H)}, got {_shape(dropout_mask)}")
     which = select_backend(U, backend)

@@ -1,0 +1,303 @@
+"""Triton kernels for the SRU recurrence: forward scan, backward scan, one-token step.
+
+One program owns one (hidden-unit block, batch row, direction) and walks time inside. The math is
+:mod:`sru_lm.ops.naive`; the launchers, the autograd op and the choice of block sizes live in
+:mod:`sru_lm.ops.triton_backend`.
+
+Schedule. Time is cut into chunks of ``T`` steps. A chunk's inputs are loaded as ``(T, BLOCK_H)``
+tiles, one load per gate, and the tiles of chunk j+1 are issued before the math of chunk j runs, so a
+thread keeps about ``4*T`` loads in flight instead of stalling on memory once per step. Loads are
+contiguous across hidden units (U is laid out ``(L, B, D, k, H)``). The launcher sets
+``BLOCK_H = 32 * num_warps * VEC`` so every thread owns VEC adjacent units and all T rows of them:
+``_row`` (picking step i out of a tile) then never leaves the thread's registers, and after unrolling
+its compare-and-select folds to register moves.
+
+Step order. Direction 0 walks time forward, direction 1 backward: step s of direction d is at time
+``t = s`` or ``t = L - 1 - s``. Rows past the end (the last chunk may be partial) behave as padding.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+# The interpreter re-patches triton.language on every call of a jit function, which doubles the run
+# time of these small helpers; as plain functions they run inline (the compiled kernels are unchanged).
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+_helper = (lambda fn: fn) if _INTERPRET else triton.jit
+
+
+@_helper
+def _row(tile, rows, i: tl.constexpr):
+    """Row i of a (T, BLOCK_H) tile as a (BLOCK_H,) vector, without leaving the thread."""
+    return tl.sum(tl.where(rows[:, None] == i, tile, 0.0), axis=0)
+
+
+@_helper
+def _time_of(s, L, i_d):
+    # step index -> time index: forward in direction 0, reversed in direction 1
+    return tl.where(i_d == 0, s, L - 1 - s)
+
+
+@_helper
+def _load_chunk(
+    p_U, p_x, p_pad, p_dh, j, L, B, H, i_b, i_d, offs_h, mask_h, rows, scale_x,
+    D: tl.constexpr, K: tl.constexpr, HAS_PAD: tl.constexpr, HAS_DH: tl.constexpr,
+    T: tl.constexpr,
+):
+    """The (T, BLOCK_H) input tiles of chunk j: U_x, U_f, U_r, x', keep (1 = real step), dh."""
+    s = j * T + rows  # (T,) step indices
+    valid = (s >= 0) & (s < L)
+    t = _time_of(s, L, i_d)
+    t = tl.where(valid, t, 0).to(tl.int64)
+    row_u = ((t * B + i_b) * D + i_d) * (K * H)  # (T,) offset of (t, b, d, gate 0, unit 0)
+    m2 = valid[:, None] & mask_h[None, :]
+    p = p_U + row_u[:, None] + offs_h[None, :]
+    u0 = tl.load(p, mask=m2, other=0.0).to(tl.float32)
+    uf = tl.load(p + H, mask=m2, other=0.0).to(tl.float32)
+    ur = tl.load(p + 2 * H, mask=m2, other=0.0).to(tl.float32)
+    if K == 4:
+        xp = tl.load(p + 3 * H, mask=m2, other=0.0).to(tl.float32)
+    else:
+        row_x = ((t * B + i_b) * D + i_d) * H
+        xp = tl.load(p_x + row_x[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32) * scale_x
+    if HAS_PAD:
+        # a (T, BLOCK_H) broadcast load keeps the flag in the same registers as the other tiles
+        pad = tl.load(p_pad + (t * B + i_b)[:, None] + offs_h[None, :] * 0, mask=m2, other=1)
+        keep = tl.where(valid[:, None] & (pad == 0), 1.0, 0.0)
+    else:
+        keep = tl.where(valid[:, None] & mask_h[None, :], 1.0, 0.0)
+    if HAS_DH:
+        row_h = ((t * B + i_b) * D + i_d) * H
+        dh = tl.load(p_dh + row_h[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
+    else:
+        dh = keep
+    return u0, uf, ur, xp, keep, dh
+
+
+@_helper
+def _cell(c, u0, uf, ur, vf, vr, bf, br):
+    """One SRU update from c_{t-1}: returns f, r, c_t. ``u0 + f (c - u0)`` = ``f c + (1 - f) u0``."""
+    f = tl.sigmoid(vf * c + (uf + bf))
+    r = tl.sigmoid(vr * c + (ur + br))
+    c_new = u0 + f * (c - u0)
+    return f, r, c_new
+
+
+@triton.jit
+def _sru_fwd_kernel(
+    p_U, p_x, p_v, p_b, p_c0, p_pad, p_m,
+    p_h, p_c_last, p_c_saved,
+    L, B, H, scale_x,
+    D: tl.constexpr, K: tl.constexpr,
+    HAS_C0: tl.constexpr, HAS_PAD: tl.constexpr, HAS_M: tl.constexpr,
+    SAVE_EVERY: tl.constexpr, T: tl.constexpr, BLOCK_H: tl.constexpr, VEC: tl.constexpr,
+):
+    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)  # VEC units per thread
+    mask_h = offs_h < H
+    rows = tl.arange(0, T)
+    col = (i_b * D + i_d) * H + offs_h  # offset into (B, D*H) tensors
+
+    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_C0:
+        c = tl.load(p_c0 + col, mask=mask_h, other=0.0).to(tl.float32)
+    else:
+        c = tl.zeros([BLOCK_H], dtype=tl.float32)
+    if HAS_M:
+        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+
+    n_chunks = tl.cdiv(L, T)
+    u0, uf, ur, xp, keep, _ = _load_chunk(
+        p_U, p_x, p_pad, p_U, 0, L, B, H, i_b, i_d, offs_h, mask_h, rows, scale_x, D, K, HAS_PAD, False, T
+    )
+    for j in range(0, n_chunks):
+        # software pipelining: chunk j+1's loads go out before chunk j's math
+        nu0, nuf, nur, nxp, nkeep, _ = _load_chunk(
+            p_U, p_x, p_pad, p_U, j + 1, L, B, H, i_b, i_d, offs_h, mask_h, rows, scale_x,
+            D, K, HAS_PAD, False, T,
+        )
+        for i in tl.static_range(T):
+            s = j * T + i
+            t = _time_of(s, L, i_d).to(tl.int64)
+            if SAVE_EVERY > 0:  # c_{t-1} for the backward: every step, or one checkpoint per chunk
+                ok = (s < L) & (s % SAVE_EVERY == 0)
+                p_s = p_c_saved + (s // SAVE_EVERY).to(tl.int64) * (B * D * H) + col
+                tl.store(p_s, c, mask=tl.where(ok, mask_h, False))
+            xt = _row(xp, rows, i)
+            f, r, c_new = _cell(c, _row(u0, rows, i), _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
+            g = r * (c_new - xt)
+            if HAS_M:
+                g = g * m
+            real = _row(keep, rows, i) > 0.5
+            c = tl.where(real, c_new, c)
+            h = tl.where(real, g + xt, 0.0)
+            tl.store(p_h + (t * B + i_b) * (D * H) + i_d * H + offs_h, h.to(p_h.dtype.element_ty),
+                     mask=tl.where(s < L, mask_h, False))
+        u0, uf, ur, xp, keep = nu0, nuf, nur, nxp, nkeep
+    tl.store(p_c_last + col, c, mask=mask_h)
+
+
+@triton.jit
+def _sru_bwd_kernel(
+    p_dh, p_dc_last, p_U, p_x, p_v, p_b, p_pad, p_m, p_c_saved,
+    p_dU, p_dx, p_dvb, p_dc0,
+    L, B, H, scale_x,
+    D: tl.constexpr, K: tl.constexpr,
+    HAS_DC: tl.constexpr, HAS_PAD: tl.constexpr, HAS_M: tl.constexpr,
+    RECOMPUTE: tl.constexpr, T: tl.constexpr, BLOCK_H: tl.constexpr, VEC: tl.constexpr,
+):
+    """Walks steps from last to first carrying dc = dLoss/dc_t.
+
+    ``p_c_saved`` holds c_{t-1} in step order: for every step (RECOMPUTE False), or once per chunk of
+    T steps (RECOMPUTE True), in which case the chunk's c_{t-1} are rebuilt forward in registers before
+    its backward runs. The v and b gradients are summed over time in registers and written once per
+    program to ``p_dvb`` (B, D, 4, H) = [dv_f, dv_r, db_f, db_r]; the launcher sums over B.
+    """
+    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)
+    mask_h = offs_h < H
+    rows = tl.arange(0, T)
+    col = (i_b * D + i_d) * H + offs_h
+
+    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_M:
+        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_DC:
+        dc = tl.load(p_dc_last + col, mask=mask_h, other=0.0).to(tl.float32)
+    else:
+        dc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dvf = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dvr = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dbf = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dbr = tl.zeros([BLOCK_H], dtype=tl.float32)
+    stride_saved = B * D * H
+
+    n_chunks = tl.cdiv(L, T)
+    j = n_chunks - 1
+    u0, uf, ur, xp, keep, dh = _load_chunk(
+        p_U, p_x, p_pad, p_dh, j, L, B, H, i_b, i_d, offs_h, mask_h, rows, scale_x, D, K, HAS_PAD, True, T
+    )
+    if RECOMPUTE:
+        c_ck = tl.load(p_c_saved + j.to(tl.int64) * stride_saved + col, mask=mask_h, other=0.0)
+    else:
+        s = j * T + rows
+        ms = (s < L)[:, None] & mask_h[None, :]
+        cp = tl.load(p_c_saved + s.to(tl.int64)[:, None] * stride_saved + col[None, :], mask=ms, other=0.0)
+    for jj in range(0, n_chunks):
+        j = n_chunks - 1 - jj
+        # prefetch chunk j-1 (masked off when j == 0)
+        nu0, nuf, nur, nxp, nkeep, ndh = _load_chunk(
+            p_U, p_x, p_pad, p_dh, j - 1, L, B, H, i_b, i_d, offs_h, mask_h, rows, scale_x,
+            D, K, HAS_PAD, True, T,
+        )
+        if RECOMPUTE:
+            p_ck = p_c_saved + tl.maximum(j - 1, 0).to(tl.int64) * stride_saved + col
+            nc_ck = tl.load(p_ck, mask=tl.where(j > 0, mask_h, False), other=0.0)
+            # rebuild c_{t-1} for the chunk's T steps, forward, in registers
+            c = c_ck
+            cp = tl.zeros([T, BLOCK_H], dtype=tl.float32)
+            for i in tl.static_range(T):
+                cp = tl.where(rows[:, None] == i, c[None, :], cp)
+                _, _, c_new = _cell(c, _row(u0, rows, i), _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
+                c = tl.where(_row(keep, rows, i) > 0.5, c_new, c)
+        else:
+            s = (j - 1) * T + rows
+            ms = ((s >= 0) & (s < L))[:, None] & mask_h[None, :]
+            ncp = tl.load(p_c_saved + tl.where(s >= 0, s, 0).to(tl.int64)[:, None] * stride_saved + col[None, :],
+                          mask=ms, other=0.0)
+        for i in tl.static_range(T - 1, -1, -1):
+            s = j * T + i
+            t = _time_of(s, L, i_d).to(tl.int64)
+            c = _row(cp, rows, i)
+            x_i = _row(xp, rows, i)
+            dh_i = _row(dh, rows, i)
+            u0_i = _row(u0, rows, i)
+            f, r, c_new = _cell(c, u0_i, _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
+            if HAS_M:
+                mr = m * r
+                dr = dh_i * m * (c_new - x_i)
+            else:
+                mr = r
+                dr = dh_i * (c_new - x_i)
+            dcn = dc + dh_i * mr  # dL/dc_t, through h_t and through c_{t+1}
+            daf = dcn * (c - u0_i) * f * (1.0 - f)  # dL/d(pre-activation of f) = dL/dU_f
+            dar = dr * r * (1.0 - r)
+            real = _row(keep, rows, i) > 0.5
+            dc = tl.where(real, dcn * f + daf * vf + dar * vr, dc)
+            daf = tl.where(real, daf, 0.0)
+            dar = tl.where(real, dar, 0.0)
+            du0 = tl.where(real, dcn * (1.0 - f), 0.0)
+            dxp = tl.where(real, dh_i * (1.0 - mr), 0.0)
+            dvf += daf * c
+            dvr += dar * c
+            dbf += daf
+            dbr += dar
+            ok = tl.where(s < L, mask_h, False)  # (`&` with a scalar breaks the interpreter)
+            p_du = p_dU + ((t * B + i_b) * D + i_d) * (K * H) + offs_h
+            tl.store(p_du, du0.to(p_dU.dtype.element_ty), mask=ok)
+            tl.store(p_du + H, daf.to(p_dU.dtype.element_ty), mask=ok)
+            tl.store(p_du + 2 * H, dar.to(p_dU.dtype.element_ty), mask=ok)
+            if K == 4:
+                tl.store(p_du + 3 * H, dxp.to(p_dU.dtype.element_ty), mask=ok)
+            else:
+                p_dxt = p_dx + (t * B + i_b) * (D * H) + i_d * H + offs_h
+                tl.store(p_dxt, (dxp * scale_x).to(p_dx.dtype.element_ty), mask=ok)
+        u0, uf, ur, xp, keep, dh = nu0, nuf, nur, nxp, nkeep, ndh
+        if RECOMPUTE:
+            c_ck = nc_ck
+        else:
+            cp = ncp
+    tl.store(p_dc0 + col, dc, mask=mask_h)
+    p_part = p_dvb + (i_b * D + i_d) * (4 * H) + offs_h
+    tl.store(p_part, dvf, mask=mask_h)
+    tl.store(p_part + H, dvr, mask=mask_h)
+    tl.store(p_part + 2 * H, dbf, mask=mask_h)
+    tl.store(p_part + 3 * H, dbr, mask=mask_h)
+
+
+@triton.jit
+def _sru_step_kernel(
+    p_U, p_x, p_v, p_b, p_c, p_pad, p_m, p_h, p_c_out,
+    H, scale_x,
+    K: tl.constexpr, HAS_PAD: tl.constexpr, HAS_M: tl.constexpr, BLOCK_H: tl.constexpr,
+):
+    """One unidirectional step for decoding; ``p_c_out`` may equal ``p_c`` (in-place update)."""
+    i_h, i_b = tl.program_id(0), tl.program_id(1)
+    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    mask_h = offs_h < H
+    col = i_b * H + offs_h
+    p = p_U + i_b * (K * H) + offs_h
+    u0 = tl.load(p, mask=mask_h, other=0.0).to(tl.float32)
+    uf = tl.load(p + H, mask=mask_h, other=0.0).to(tl.float32)
+    ur = tl.load(p + 2 * H, mask=mask_h, other=0.0).to(tl.float32)
+    if K == 4:
+        xt = tl.load(p + 3 * H, mask=mask_h, other=0.0).to(tl.float32)
+    else:
+        xt = tl.load(p_x + col, mask=mask_h, other=0.0).to(tl.float32) * scale_x
+    vf = tl.load(p_v + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    vr = tl.load(p_v + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    bf = tl.load(p_b + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    br = tl.load(p_b + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    c = tl.load(p_c + col, mask=mask_h, other=0.0).to(tl.float32)
+    f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
+    g = r * (c_new - xt)
+    if HAS_M:
+        g = g * tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+    h = g + xt
+    if HAS_PAD:
+        real = tl.load(p_pad + i_b + offs_h * 0) == 0
+        c_new = tl.where(real, c_new, c)
+        h = tl.where(real, h, 0.0)
+    tl.store(p_h + col, h.to(p_h.dtype.element_ty), mask=mask_h)
+    tl.store(p_c_out + col, c_new.to(p_c_out.dtype.element_ty), mask=mask_h)

@@ -1,0 +1,116 @@
+"""Byte-level BPE trained with ``tokenizers``, saved as a ``transformers`` fast tokenizer.
+
+Byte level (GPT-2 style): every string encodes, nothing maps to an unknown token, and
+``decode(encode(s)) == s`` for any unicode ``s``. One special token, ``<|endoftext|>``, serves as
+bos, eos and pad. The tokenizer adds no special tokens by itself (``tokenize_documents`` places
+bos/eos), and its offsets are trimmed of the leading space a byte-level token carries, so QA span
+mapping lands on the words themselves.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable, Iterator
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from transformers import PreTrainedTokenizerFast
+
+ENDOFTEXT = "<|endoftext|>"
+
+
+# Byte-level pre-tokenization (the GPT-2 regex) never joins "\n" to the piece after it (only a space
+# prefixes a word), and a "\n" between two non-space characters is a piece of its own whether or not
+# the text ends there. Cutting a long text right after such a newline therefore leaves its tokens
+# unchanged, and the parts can be encoded (or counted, for training) in parallel.
+_SAFE_BREAK = re.compile(r"(?<=\S)\n(?=\S)")
+
+
+def split_text(text: str, size: int | None) -> list[str]:
+    """Cut ``text`` into parts of about ``size`` characters that byte-level BPE encodes identically.
+
+    >>> split_text("ab\ncd\n\nef", 1)
+    ['ab\n', 'cd\n\nef']
+    """
+    if size is None:
+        return [text]
+    out, start = [], 0
+    while len(text) - start > size:
+        m = _SAFE_BREAK.search(text, start + size)
+        if m is None:
+            break
+        out.append(text[start : m.end()])
+        start = m.end()
+    out.append(text[start:])
+    return out
+
+
+def _parts(texts: Iterable[str], size: int) -> Iterator[str]:
+    for t in texts:
+        yield from split_text(t, size)
+
+
+def train_tokenizer(
+    texts: Iterable[str],
+    vocab_size: int = 8192,
+    *,
+    min_frequency: int = 2,
+    special_tokens: tuple[str, ...] = (ENDOFTEXT,),
+    model_max_length: int = 1 << 30,
+    show_progress: bool = True,
+) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE on ``texts`` (the training split only) and wrap it for ``transformers``.
+
+    Args:
+        texts: training documents, e.g. ``load_lm_corpus()["train"]["text"]``.
+        vocab_size: final vocabulary size, including the 256 byte symbols and the special tokens.
+        min_frequency: a pair must occur this often to be merged.
+        special_tokens: added first (ids 0, 1, ...); the first is bos, eos and pad.
+        model_max_length: stored in the config; the models bound their own context.
+
+    Returns:
+        a ``PreTrainedTokenizerFast``; ``tok.save_pretrained(dir)`` then
+        ``AutoTokenizer.from_pretrained(dir)`` loads it back.
+
+    Example::
+
+        >>> tok = train_tokenizer(load_lm_corpus()["train"]["text"], vocab_size=8192)
+        >>> tok.decode(tok.encode("naïve café ☕")) == "naïve café ☕"
+        True
+    """
+    if vocab_size < 256 + len(special_tokens):
+        raise ValueError(f"vocab_size must be >= 256 + {len(special_tokens)} special tokens, got {vocab_size}")
+    if not special_tokens:
+        raise ValueError("special_tokens must hold at least one token (used as bos/eos/pad)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        special_tokens=list(special_tokens),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=show_progress,
+    )
+    tok.train_from_iterator(_parts(texts, 1 << 16), trainer=trainer)
+    return wrap_tokenizer(tok, special_tokens[0], model_max_length=model_max_length)
+
+
+def wrap_tokenizer(tok: Tokenizer, special: str = ENDOFTEXT, *, model_max_length: int = 1 << 30):
+    """Wrap a ``tokenizers.Tokenizer`` as a ``PreTrainedTokenizerFast`` with ``special`` as bos/eos/pad."""
+    if tok.token_to_id(special) is None:
+        raise ValueError(f"special token {special!r} is not in the vocabulary")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=special,
+        eos_token=special,
+        pad_token=special,
+        model_max_length=model_max_length,
+        clean_up_tokenization_spaces=False,  # keep decode(encode(s)) == s
+    )
+
+
+def save_tokenizer(tokenizer: PreTrainedTokenizerFast, directory: str | os.PathLike[str]) -> None:
+    """Save beside a model so ``AutoTokenizer.from_pretrained(directory)`` works."""
+    tokenizer.save_pretrained(os.fspath(directory))

@@ -1,0 +1,15 @@
+"""Task models over word vectors, the SRU paper's benchmarks: sentence classifiers (SRU, LSTM, CNN) and a
+DrQA-style reader (SRU or LSTM), with their data handling and span decoding."""
+
+from __future__ import annotations
+
+from .classifier import SentenceClassifier, SentenceClassifierConfig
+from .encoders import CNNEncoder, RNNEncoder
+from .reader import DrQAReader, DrQAReaderConfig
+from .spans import char_span_to_tokens, decode_spans, tokens_to_text
+from .text import Vocab, tokenize
+
+__all__ = [
+    "CNNEncoder", "DrQAReader", "DrQAReaderConfig", "RNNEncoder", "SentenceClassifier", "SentenceClassifierConfig",
+    "Vocab", "char_span_to_tokens", "decode_spans", "tokenize", "tokens_to_text",
+]

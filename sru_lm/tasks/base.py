@@ -1,0 +1,75 @@
+"""Saving and loading the task models: a folder with ``config.json``, ``model.safetensors`` and ``vocab.txt``.
+
+The word-level task models are not Hugging Face ``PreTrainedModel``s (they have no LM backbone), but
+they follow the same folder layout and ``save_pretrained`` / ``from_pretrained`` names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .text import Vocab
+
+
+class TaskModel(nn.Module):
+    """Base of the task models: ``self.config`` is a dataclass; the vocabulary travels with the weights."""
+
+    config_class: ClassVar[type]
+
+    def save_pretrained(self, path: str | os.PathLike, vocab: Vocab | None = None, **extra: Any) -> Path:
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        meta = {"model_class": type(self).__name__, "config": dataclasses.asdict(self.config), **extra}
+        (path / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(path / "model.safetensors"))
+        if vocab is not None:
+            (path / "vocab.txt").write_text("\n".join(vocab.to_list()) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> tuple[TaskModel, Vocab | None]:
+        """Returns the model (in eval mode) and its vocabulary (None if none was saved)."""
+        path = Path(path)
+        meta = json.loads((path / "config.json").read_text())
+        if meta["model_class"] != cls.__name__:
+            raise ValueError(f"{path} holds a {meta['model_class']}, not a {cls.__name__}")
+        config = cls.config_class(**meta["config"])
+        model = cls(config)
+        model.load_state_dict(load_file(str(path / "model.safetensors")))
+        vocab_file = path / "vocab.txt"
+        vocab = None
+        if vocab_file.is_file():
+            vocab = Vocab.from_list(vocab_file.read_text(encoding="utf-8").rstrip("\n").split("\n"))
+        return model.eval(), vocab
+
+    def num_parameters(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+
+def tuple_fields(config: Any, *names: str) -> None:
+    """JSON turns tuples into lists; turn them back (for dataclass configs loaded from disk)."""
+    for n in names:
+        setattr(config, n, tuple(getattr(config, n)))
+
+
+def freeze_rows_after(embedding: nn.Embedding, n_trainable: int) -> None:
+    """Train only the first ``n_trainable`` rows of ``embedding`` (DrQA fine-tunes the most frequent
+    question words and keeps the rest of the pretrained vectors fixed): zero the other rows' gradient."""
+    if n_trainable >= embedding.num_embeddings:
+        return
+
+    def hook(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[n_trainable:] = 0
+        return grad
+
+    embedding.weight.register_hook(hook)

@@ -172,7 +172,7 @@ def load_lm_corpus(
     Example::
 
         >>> ds = load_lm_corpus("gutenberg")
-        >>> ds["test"]["name"]
+        >>> list(ds["test"]["name"])
         ['austen-sense', 'chesterton-brown', 'shakespeare-hamlet']
     """
     if paths is not None:

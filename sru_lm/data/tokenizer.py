@@ -27,7 +27,7 @@ _SAFE_BREAK = re.compile(r"(?<=\S)\n(?=\S)")
 
 
 def split_text(text: str, size: int | None) -> list[str]:
-    """Cut ``text`` into parts of about ``size`` characters that byte-level BPE encodes identically.
+    r"""Cut ``text`` into parts of about ``size`` characters that byte-level BPE encodes identically.
 
     >>> split_text("ab\ncd\n\nef", 1)
     ['ab\n', 'cd\n\nef']

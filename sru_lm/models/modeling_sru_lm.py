@@ -1,0 +1,568 @@
+"""SRU++ language models for transformers: ``SRULMModel`` and its causal-LM, sequence-classification and
+question-answering heads.
+
+Layer design: SRU++ (Lei 2021, "When Attention Meets Fast Recurrence"). Attention does not sit beside the
+SRU as an extra sublayer; it *replaces the SRU's input projection*. For a layer input ``x`` (L, B, d)::
+
+    z = W1 x                                    # (L, B, d_proj), d_proj = d/4 by default
+    attention layer:  q = z, [k, v] = W2 z,  o = LN(alpha * attn(q, k, v) + z),  alpha starts at 0
+    SRU layer:        o = LN(z)
+    U = W3 o                                    # (L, B, 3d): the SRU's [U_x, U_f, U_r]
+    h, c = SRU(U, highway = x)                  # the highway term is the residual path
+
+Why this design rather than a Transformer block with an SRU beside it: the paper measures it (enwik8
+0.97 bpc at 108M, WikiText-103 18.3 ppl at 148M, 3-10x less training cost than Transformer-XL-class models
+at equal quality), and it is the cheaper layer. Attention adds ``d_proj^2 * 2`` weights to an SRU layer's
+``d * d_proj * 4``, there is no feed-forward block, the SRU's gated highway is the only residual, and
+attention is needed only on some layers (every 5th loses little: 17.3 vs 17.1 ppl). For decoding this
+means: per token, one small ``sru_step`` per layer, attention over a ``d_proj``-wide KV cache on the
+attention layers only, and a cache that is mostly the constant-size SRU state. A sidecar design would keep
+a full Transformer block (and a full-width KV cache) per layer and add the SRU's cost on top.
+
+No position encoding by default: the recurrence runs before attention on the previous layers' outputs
+and inside every layer, so queries and keys already carry order (as in SRU++). Rotary embeddings are an
+option (``position_embedding_type="rotary"``).
+
+Padding: ``attention_mask`` (1 = token, 0 = padding) is turned into the recurrence's ``mask_pad`` (a
+padded step keeps ``c`` and outputs 0) and masks attention keys, so padding never reaches a real token's
+state: a left-padded batch gives each row what the prompt alone gives.
+
+This file imports only torch, transformers and its sibling modules, so ``save_pretrained`` can copy it
+next to the weights for ``trust_remote_code=True`` loading without ``sru_lm`` (see ``sru_backend.py``).
+Internally activations are sequence-first (L, B, d), the recurrence's layout; inputs and outputs are
+batch-first as in transformers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPast,
+    CausalLMOutputWithPast,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutputWithPast,
+)
+
+from .cache import SRULMCache, SRULMLayerCache
+from .configuration_sru_lm import ATTENTION_LAYER, SRULMConfig
+from .sru_backend import sru_recurrence, sru_step
+
+
+def _shape(t) -> str:
+    return "None" if t is None else str(tuple(t.shape))
+
+
+def rotary_cos_sin(
+    positions: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables for ``positions`` (B, L): cos and sin of shape (B, 1, L, head_dim)."""
+    inv_freq = theta ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.float()[..., None] * inv_freq  # (B, L, head_dim/2)
+    angles = torch.cat([angles, angles], dim=-1)[:, None]  # (B, 1, L, head_dim)
+    return angles.cos().to(dtype), angles.sin().to(dtype)
+
+
+def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    t1, t2 = t.chunk(2, dim=-1)
+    return t * cos + torch.cat([-t2, t1], dim=-1) * sin
+
+
+class SRULMAttention(nn.Module):
+    """SRU++ attention: the query is ``z`` itself, keys and values come from one projection ``W2 z``.
+
+    ``forward(z (L, B, d_proj), attn_mask, is_causal, rotary, layer_cache) -> (L, B, d_proj)``; with a
+    ``layer_cache`` the new keys/values are appended and the queries attend to all cached positions.
+    """
+
+    def __init__(self, config: SRULMConfig) -> None:
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.projection_size // config.num_attention_heads
+        self.dropout = config.attention_dropout
+        self.kv_proj = nn.Linear(config.projection_size, 2 * config.projection_size, bias=False)  # W2
+
+    def forward(
+        self,
+        z: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        layer_cache: SRULMLayerCache | None = None,
+    ) -> torch.Tensor:
+        L, B, dp = z.shape
+        nh, hd = self.num_heads, self.head_dim
+        q = z.view(L, B, nh, hd).permute(1, 2, 0, 3)  # (B, nh, L, hd)
+        k, v = self.kv_proj(z).view(L, B, 2, nh, hd).permute(2, 1, 3, 0, 4).unbind(0)  # 2 x (B, nh, L, hd)
+        if rotary is not None:
+            q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
+        if layer_cache is not None:
+            k, v = layer_cache.update(k, v)  # (B, nh, past + L, hd)
+        a = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
+        )  # (B, nh, L, hd)
+        return a.permute(2, 0, 1, 3).reshape(L, B, dp)
+
+
+class SRULMLayer(GradientCheckpointingLayer):
+    """One SRU++ layer (see the module docstring): ``x (L, B, d) -> h (L, B, d)``.
+
+    Parameters: ``in_proj`` (W1, d -> d_proj), ``attention`` (W2 and the scalar ``alpha``) on attention
+    layers, ``norm`` (LayerNorm on z, or on x with ``normalize_after=False``), ``out_proj`` (W3, d_proj ->
+    3d, rows laid out (D, 3, H) = [U_x, U_f, U_r] per direction), ``weight_c``/``bias`` (D, 2, H): the SRU's
+    ``v`` and ``b``. With a ``layer_cache`` and one new token the SRU runs :func:`sru_step`.
+    """
+
+    def __init__(self, config: SRULMConfig, layer_idx: int) -> None:
+        super().__init__()
+        d, dp = config.hidden_size, config.projection_size
+        self.layer_idx = layer_idx
+        self.bidirectional = config.bidirectional
+        self.num_directions = D = 2 if config.bidirectional else 1
+        self.hidden_size = H = d // D  # units per direction
+        self.dropout = config.hidden_dropout
+        self.normalize_after = config.normalize_after
+        self.in_proj = nn.Linear(d, dp, bias=False)
+        if config.layer_types[layer_idx] == ATTENTION_LAYER:
+            self.attention = SRULMAttention(config)
+            self.alpha = nn.Parameter(torch.zeros(1))
+        else:
+            self.attention = self.alpha = None
+        self.norm = nn.LayerNorm(dp if config.normalize_after else d, eps=config.layer_norm_eps)
+        self.out_proj = nn.Linear(dp, D * 3 * H, bias=False)
+        self.weight_c = nn.Parameter(torch.zeros(D, 2, H))
+        self.bias = nn.Parameter(torch.zeros(D, 2, H))
+        self.highway_bias = config.highway_bias
+        self.scale_x = math.sqrt(1 + 2 * math.exp(config.highway_bias)) if config.rescale else 1.0
+
+    @torch.no_grad()
+    def init_sru_weights(self) -> None:
+        """SRU-paper init: each projection keeps unit variance (Var W = 1/fan_in); the gate rows of W3 and
+        ``v`` each carry half of a gate's variance; ``U_x`` rows are scaled by sqrt(1 - dropout); ``b_r`` =
+        highway_bias; alpha = 0 so attention starts switched off. Uses ``transformers.initialization``
+        so weights loaded by ``from_pretrained`` are left alone."""
+        D, H = self.num_directions, self.hidden_size
+        d, dp = self.in_proj.in_features, self.in_proj.out_features
+        bound = math.sqrt(3.0 / d)
+        init.uniform_(self.in_proj.weight, -bound, bound)
+        bound = math.sqrt(3.0 / dp)
+        if self.attention is not None:
+            init.uniform_(self.attention.kv_proj.weight, -bound, bound)
+            init.zeros_(self.alpha)
+        w = self.out_proj.weight
+        w3 = torch.empty(w.shape, device=w.device, dtype=torch.float32).uniform_(-bound, bound)
+        w3.view(D, 3, H, dp)[:, 1:3] *= math.sqrt(0.5)
+        if self.dropout > 0:
+            w3.view(D, 3, H, dp)[:, 0] *= math.sqrt(1 - self.dropout)
+        init.copy_(w, w3)
+        init.uniform_(self.weight_c, -math.sqrt(1.5), math.sqrt(1.5))  # Var 0.5
+        b = torch.zeros(D, 2, H, device=self.bias.device)
+        b[:, 1] = self.highway_bias
+        init.copy_(self.bias, b)
+        init.ones_(self.norm.weight)
+        init.zeros_(self.norm.bias)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        mask_pad: torch.Tensor | None = None,
+        rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
+        layer_cache: SRULMLayerCache | None = None,
+    ) -> torch.Tensor:
+        L, B, d = x.shape
+        z = self.in_proj(x if self.normalize_after else self.norm(x))  # (L, B, d_proj)
+        if self.attention is not None:
+            z = z + self.alpha * self.attention(z, attn_mask, is_causal, rotary, layer_cache)
+        if self.normalize_after:
+            z = self.norm(z)
+        U = self.out_proj(z)  # (L, B, D*3*H)
+        dropout_mask = None
+        if self.training and self.dropout > 0:
+            keep = 1.0 - self.dropout
+            dropout_mask = U.new_empty(B, d).bernoulli_(keep).div_(keep)
+        c0 = None if layer_cache is None else layer_cache.c
+        if c0 is not None and L == 1 and not self.bidirectional:
+            h, c = sru_step(
+                U[0], x[0], self.weight_c, self.bias, c0,
+                None if mask_pad is None else mask_pad[0], dropout_mask, self.scale_x,
+            )
+            h = h[None]  # (1, B, d)
+        else:
+            h, c = sru_recurrence(
+                U, x, self.weight_c, self.bias, c0, mask_pad, dropout_mask, self.bidirectional, self.scale_x
+            )
+        if layer_cache is not None:
+            layer_cache.update_state(c, L)
+        return h
+
+
+class SRULMPreTrainedModel(PreTrainedModel):
+    config_class = SRULMConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["SRULMLayer"]
+    _supports_sdpa = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, SRULMLayer):
+            module.init_sru_weights()  # after its children: overrides the generic Linear init below
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+
+
+class SRULMModel(SRULMPreTrainedModel):
+    """Embeddings, the SRU++ layers and a final LayerNorm.
+
+    ``forward(input_ids (B, L) or inputs_embeds (B, L, d), attention_mask (B, past + L), cache, use_cache,
+    position_ids, output_hidden_states) -> BaseModelOutputWithPast(last_hidden_state (B, L, d), cache,
+    hidden_states)``. ``attention_mask`` spans the cached tokens plus the new ones (as ``generate``
+    passes it); ``cache`` is an :class:`SRULMCache` (created when ``use_cache`` and none is given).
+
+    Example:
+        >>> model = SRULMModel(SRULMConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2))
+        >>> model(torch.randint(100, (2, 7))).last_hidden_state.shape
+        torch.Size([2, 7, 32])
+    """
+
+    def __init__(self, config: SRULMConfig) -> None:
+        super().__init__(config)
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=None)
+        self.embed_dropout = nn.Dropout(config.embedding_dropout)
+        self.layers = nn.ModuleList(SRULMLayer(config, i) for i in range(config.num_hidden_layers))
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.has_attention = config.num_attention_layers > 0
+        self.gradient_checkpointing = False
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embed_tokens = value
+
+    def _attention_mask(
+        self, attention_mask: torch.Tensor | None, L: int, past: int, device: torch.device
+    ) -> tuple[torch.Tensor | None, bool]:
+        """SDPA's boolean mask (B, 1, L, past + L), True = may attend, and its ``is_causal`` flag."""
+        causal = not self.config.bidirectional
+        S = past + L
+        if attention_mask is None:
+            if not causal or L == 1:
+                return None, False
+            if past == 0:
+                return None, True
+        q_pos = torch.arange(past, S, device=device)[:, None]  # (L, 1)
+        k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
+        allowed = k_pos <= q_pos if causal else None
+        if attention_mask is not None:
+            valid = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
+            allowed = valid if allowed is None else valid & allowed
+            allowed = allowed | (k_pos == q_pos)  # a padded query sees itself: no empty softmax row
+        return allowed, False
+
+    def _check_attention_mask(self, attention_mask: torch.Tensor, B: int, L: int, past: int) -> None:
+        if not isinstance(attention_mask, torch.Tensor):
+            raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
+        if attention_mask.dim() != 2 or attention_mask.shape != (B, past + L):
+            raise ValueError(
+                f"attention_mask must have shape (batch, cached + new tokens) = ({B}, {past} + {L}) with 1 for "
+                f"tokens and 0 for padding, got {_shape(attention_mask)}"
+            )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: SRULMCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast | tuple:
+        if "past_key_values" in kwargs and cache is None:
+            cache = kwargs.pop("past_key_values")
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("give exactly one of input_ids (B, L) and inputs_embeds (B, L, hidden_size)")
+        if inputs_embeds is None:
+            if input_ids.dim() != 2:
+                raise ValueError(f"input_ids must have shape (batch, seq_len), got {_shape(input_ids)}")
+            inputs_embeds = self.embed_tokens(input_ids)
+        elif inputs_embeds.dim() != 3 or inputs_embeds.shape[-1] != self.config.hidden_size:
+            raise ValueError(
+                f"inputs_embeds must have shape (batch, seq_len, {self.config.hidden_size}), "
+                f"got {_shape(inputs_embeds)}"
+            )
+        B, L, _ = inputs_embeds.shape
+        output_hidden_states = (
+            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
+        )
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        if use_cache is None:
+            use_cache = self.config.use_cache and not self.training
+        if self.gradient_checkpointing and self.training:
+            use_cache = False
+        if self.config.bidirectional and (use_cache or cache is not None):
+            if cache is not None:
+                raise ValueError("a bidirectional (encoder) model reads the whole sequence at once: it takes no cache")
+            use_cache = False
+        if cache is not None and not isinstance(cache, SRULMCache):
+            raise TypeError(f"cache must be an SRULMCache (SRU states + key/value buffers), got {type(cache).__name__}")
+        if use_cache and cache is None:
+            cache = SRULMCache(self.config)
+        past = cache.get_seq_length() if cache is not None else 0
+
+        mask_pad = None
+        if attention_mask is not None:
+            self._check_attention_mask(attention_mask, B, L, past)
+            mask_pad = (attention_mask[:, past:] == 0).T.contiguous()  # (L, B), True = padding
+        attn_mask, is_causal = (None, False)
+        rotary = None
+        if self.has_attention:
+            attn_mask, is_causal = self._attention_mask(attention_mask, L, past, inputs_embeds.device)
+            if self.config.position_embedding_type == "rotary":
+                if position_ids is None:
+                    if attention_mask is not None:  # count real tokens only, so left padding shifts nothing
+                        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+                    else:
+                        position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None].expand(B, L)
+                head_dim = self.config.projection_size // self.config.num_attention_heads
+                rotary = rotary_cos_sin(position_ids, head_dim, self.config.rope_theta, inputs_embeds.dtype)
+
+        h = self.embed_dropout(inputs_embeds).transpose(0, 1)  # (L, B, d)
+        all_hidden = [] if output_hidden_states else None
+        for i, layer in enumerate(self.layers):
+            if all_hidden is not None:
+                all_hidden.append(h.transpose(0, 1))
+            layer_cache = cache.layers[i] if cache is not None else None
+            h = layer(
+                h, attn_mask=attn_mask, is_causal=is_causal, mask_pad=mask_pad, rotary=rotary, layer_cache=layer_cache
+            )
+        h = self.norm(h).transpose(0, 1)  # (B, L, d)
+        if all_hidden is not None:
+            all_hidden.append(h)
+        out = BaseModelOutputWithPast(
+            last_hidden_state=h,
+            cache=cache if use_cache else None,
+            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
+        )
+        return out if return_dict else out.to_tuple()
+
+
+class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
+    """:class:`SRULMModel` with a language-modeling head (tied to the embeddings by default).
+
+    ``forward(..., labels (B, L), logits_to_keep) -> CausalLMOutputWithPast(loss, logits (B, L, vocab),
+    cache, hidden_states)``; labels are shifted inside (set ``labels = input_ids``), -100 is ignored.
+
+    Example:
+        >>> model = SRULMForCausalLM(SRULMConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2))
+        >>> model.generate(torch.tensor([[1, 2, 3]]), max_new_tokens=5, do_sample=False).shape
+        torch.Size([1, 8])
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "model.embed_tokens.weight"}
+
+    def __init__(self, config: SRULMConfig) -> None:
+        if config.bidirectional:
+            raise ValueError("SRULMForCausalLM needs bidirectional=False: a backward direction reads the future")
+        super().__init__(config)
+        self.model = SRULMModel(config)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.post_init()
+
+    @classmethod
+    def _supports_default_dynamic_cache(cls) -> bool:
+        return False  # the model builds its own SRULMCache (SRU states + KV) on the first forward
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        cache: SRULMCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
+        **kwargs,
+    ) -> CausalLMOutputWithPast | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        kwargs.pop("output_attentions", None)
+        out = self.model(
+            input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, output_hidden_states,
+            return_dict=True, past_key_values=kwargs.pop("past_key_values", None),
+        )
+        h = out.last_hidden_state
+        if isinstance(logits_to_keep, int):
+            h = h[:, -logits_to_keep:] if logits_to_keep else h
+        else:
+            h = h[:, logits_to_keep]
+        logits = self.lm_head(h)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
+        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)
+        return result if return_dict else result.to_tuple()
+
+
+def _last_token_index(
+    attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, pad_token_id: int | None, B: int, L: int,
+    device: torch.device,
+) -> torch.Tensor:
+    """Index (B,) of each row's last real token, for left or right padding."""
+    if attention_mask is not None:
+        real = attention_mask.bool()
+    elif input_ids is not None and pad_token_id is not None:
+        real = input_ids != pad_token_id
+    else:
+        return torch.full((B,), L - 1, device=device, dtype=torch.long)
+    positions = torch.arange(L, device=device)
+    return (positions * real.to(device)).argmax(-1)
+
+
+class SRULMForSequenceClassification(SRULMPreTrainedModel):
+    """:class:`SRULMModel` with a linear classifier on a pooled representation: the last real token for a
+    causal model, the mean over real tokens for a ``bidirectional`` one.
+
+    ``forward(..., labels (B,)) -> SequenceClassifierOutputWithPast(loss, logits (B, num_labels), hidden_states)``;
+    the loss follows ``config.problem_type`` (regression, single- or multi-label) as in transformers.
+    """
+
+    def __init__(self, config: SRULMConfig) -> None:
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.model = SRULMModel(config)
+        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> SequenceClassifierOutputWithPast | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.model(
+            input_ids, attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        h = out.last_hidden_state  # (B, L, d)
+        B, L, _ = h.shape
+        if self.config.bidirectional:
+            weight = (
+                torch.ones(B, L, 1, device=h.device, dtype=h.dtype)
+                if attention_mask is None
+                else attention_mask[..., None].to(h.dtype)
+            )
+            pooled = (h * weight).sum(1) / weight.sum(1).clamp(min=1)
+        else:
+            last = _last_token_index(attention_mask, input_ids, self.config.pad_token_id, B, L, h.device)
+            pooled = h[torch.arange(B, device=h.device), last]
+        logits = self.score(pooled)
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
+        result = SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        return result if return_dict else result.to_tuple()
+
+
+class SRULMForQuestionAnswering(SRULMPreTrainedModel):
+    """:class:`SRULMModel` with a span head: start/end logits per token (use ``bidirectional=True``).
+
+    ``forward(..., start_positions (B,), end_positions (B,)) -> QuestionAnsweringModelOutput(loss,
+    start_logits (B, L), end_logits (B, L), hidden_states)``; padded positions get -inf logits.
+    """
+
+    def __init__(self, config: SRULMConfig) -> None:
+        super().__init__(config)
+        self.model = SRULMModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        start_positions: torch.LongTensor | None = None,
+        end_positions: torch.LongTensor | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> QuestionAnsweringModelOutput | tuple:
+        return_dict = return_dict if return_dict is not None else self.config.return_dict
+        out = self.model(
+            input_ids, attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
+            output_hidden_states=output_hidden_states, return_dict=True,
+        )
+        logits = self.qa_outputs(out.last_hidden_state)  # (B, L, 2)
+        if attention_mask is not None:
+            logits = logits.masked_fill(attention_mask[..., None] == 0, torch.finfo(logits.dtype).min)
+        start_logits, end_logits = (t.squeeze(-1).contiguous() for t in logits.split(1, dim=-1))
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            loss = self.loss_function(start_logits, end_logits, start_positions, end_positions, **kwargs)
+        result = QuestionAnsweringModelOutput(
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=out.hidden_states
+        )
+        return result if return_dict else result.to_tuple()
+
+
+SRULMConfig.register_for_auto_class()
+SRULMModel.register_for_auto_class("AutoModel")
+SRULMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
+SRULMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
+SRULMForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+
+__all__ = [
+    "SRULMAttention",
+    "SRULMForCausalLM",
+    "SRULMForQuestionAnswering",
+    "SRULMForSequenceClassification",
+    "SRULMLayer",
+    "SRULMModel",
+    "SRULMPreTrainedModel",
+]

@@ -6,10 +6,10 @@ from __future__ import annotations
 from .classifier import SentenceClassifier, SentenceClassifierConfig
 from .encoders import CNNEncoder, RNNEncoder
 from .reader import DrQAReader, DrQAReaderConfig
-from .spans import char_span_to_tokens, decode_spans, tokens_to_text
+from .spans import decode_spans
 from .text import Vocab, tokenize
 
 __all__ = [
     "CNNEncoder", "DrQAReader", "DrQAReaderConfig", "RNNEncoder", "SentenceClassifier", "SentenceClassifierConfig",
-    "Vocab", "char_span_to_tokens", "decode_spans", "tokenize", "tokens_to_text",
+    "Vocab", "decode_spans", "tokenize",
 ]

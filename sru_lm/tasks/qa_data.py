@@ -1,9 +1,9 @@
 """SQuAD examples -> reader inputs: word ids, exact-match and term-frequency features, answer token spans,
 length-bucketed batches.
 
-An example is a mapping with ``id``, ``context``, ``question`` and ``answers`` (a list of
-``{"text", "answer_start"}``), the flat form of :mod:`sru_lm.data.squad`. Training uses the first answer
-that aligns to whole tokens; evaluation keeps every gold answer text for EM/F1.
+An example is a mapping with ``id``, ``context``, ``question`` and ``answers = {"text": [...],
+"answer_start": [...]}``, the flat form of :mod:`sru_lm.data.squad`. Training uses the first answer
+that aligns to tokens; evaluation keeps every gold answer text for EM/F1.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..data.squad import char_to_token_span
 from .reader import NUM_FEATURES
-from .spans import char_span_to_tokens
 from .text import Vocab, tokenize
 
 
@@ -59,14 +59,14 @@ def featurize(
             cache[ctx] = tokenize(ctx)
         toks, offs = cache[ctx]
         q_toks, _ = tokenize(ex["question"])
-        answers = list(ex.get("answers") or [])
-        f = QAFeature(str(ex["id"]), ctx, offs, toks, q_toks, answers=[a["text"] for a in answers])
-        for a in answers:
-            span = char_span_to_tokens(offs, a["answer_start"], a["answer_start"] + len(a["text"]))
+        answers = ex.get("answers") or {"text": [], "answer_start": []}
+        f = QAFeature(str(ex["id"]), ctx, offs, toks, q_toks, answers=list(answers["text"]))
+        for text, start in zip(answers["text"], answers["answer_start"], strict=True):
+            span = char_to_token_span(offs, start, start + len(text)) if start >= 0 and text else None
             if span is not None and (max_context_len is None or span[1] < max_context_len):
                 f.start, f.end = span
                 break
-        unaligned += answers != [] and f.start is None
+        unaligned += bool(f.answers) and f.start is None
         feats.append(f)
     return feats, unaligned
 

@@ -1,35 +1,13 @@
-"""Answer spans: from character offsets to token positions (training targets) and back (predictions).
+"""Span decoding for extractive QA.
 
-A span is inclusive token positions ``(start, end)``. The predicted answer is always the exact context
-substring ``context[offsets[start][0]:offsets[end][1]]``, so unicode, repeated spaces and line breaks
-inside the answer come back as they are in the context.
+A span is inclusive token positions ``(start, end)``. Character spans map to token spans and back with
+:func:`sru_lm.data.squad.char_to_token_span` and :func:`sru_lm.data.squad.span_text`, so the predicted
+answer is always the exact context substring ``context[offsets[start][0]:offsets[end][1]]``.
 """
 
 from __future__ import annotations
 
-import bisect
-
 import torch
-
-
-def char_span_to_tokens(offsets: list[tuple[int, int]], char_start: int, char_end: int) -> tuple[int, int] | None:
-    """The smallest token span covering the characters ``[char_start, char_end)``: the tokens that overlap
-    it. None if no token does (an answer of whitespace only, or outside the text)."""
-    if char_end <= char_start:
-        return None
-    ends = [e for _, e in offsets]
-    start = bisect.bisect_right(ends, char_start)  # first token ending after char_start
-    if start == len(offsets) or offsets[start][0] >= char_end:
-        return None
-    end = bisect.bisect_left([s for s, _ in offsets], char_end) - 1  # last token starting before char_end
-    return start, end
-
-
-def tokens_to_text(context: str, offsets: list[tuple[int, int]], start: int, end: int) -> str:
-    """The exact context text of the inclusive token span ``(start, end)``."""
-    if not 0 <= start <= end < len(offsets):
-        raise ValueError(f"need 0 <= start <= end < {len(offsets)}, got start={start}, end={end}")
-    return context[offsets[start][0]:offsets[end][1]]
 
 
 def decode_spans(

@@ -3,7 +3,13 @@
 The task baselines (SRU/LSTM/CNN classifiers, the DrQA-style reader) read words, as in the SRU paper,
 not the LM's subwords. Every token keeps its ``(start, end)`` character offsets into the original string,
 so a predicted token span maps back to the exact substring of the context (unicode, repeated spaces and
-all): ``text[offsets[i][0]:offsets[j][1]]``.
+all): ``text[offsets[i][0]:offsets[j][1]]`` (:func:`sru_lm.data.squad.span_text`).
+
+Why not :func:`sru_lm.data.squad.word_tokenize`: it keeps ``France's`` and ``ice-free`` as one word, so
+an answer inside such a word ("France") can only be predicted with its suffix. Splitting apostrophes
+and hyphens, as CoreNLP does for DrQA, makes the first gold answer an exact token span for 99.7% of
+SQuAD v1.1 dev questions (10,534 of 10,565) against 98.7% (10,425), and 99.8% against 98.2% on
+SQuADShifts: about one EM point of ceiling.
 
 Example:
     >>> toks, offs = tokenize("Café  au-lait, 1,000 €!")

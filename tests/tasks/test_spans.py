@@ -7,11 +7,19 @@ import itertools
 import pytest
 import torch
 
+from sru_lm.data.squad import char_to_token_span, span_text
 from sru_lm.tasks.qa_data import QACollator, featurize
-from sru_lm.tasks.spans import char_span_to_tokens, decode_spans, tokens_to_text
+from sru_lm.tasks.spans import decode_spans
 from sru_lm.tasks.text import Vocab, tokenize
 
 TRICKY = "  Zoë  Ødegaard\u00a0played in   São Paulo (1,000 fans) —\n“naïve”  東京 café's x2.5  "
+
+
+def test_possessives_and_hyphens_split_so_answers_are_whole_tokens():
+    text = "France's ice-free port"
+    toks, offs = tokenize(text)
+    assert toks[:2] == ["France", "'"] and "ice" in toks and "free" in toks
+    assert span_text(text, offs, *char_to_token_span(offs, 0, 6)) == "France"
 
 
 def test_tokenize_offsets_point_at_the_tokens():
@@ -29,27 +37,27 @@ ANSWERS = ["Zoë  Ødegaard", "São Paulo", "1,000 fans", "“naïve”", "東�
 def test_answer_round_trip_gives_the_exact_substring(answer):
     toks, offs = tokenize(TRICKY)
     start = TRICKY.index(answer)
-    span = char_span_to_tokens(offs, start, start + len(answer))
+    span = char_to_token_span(offs, start, start + len(answer))
     assert span is not None
-    assert tokens_to_text(TRICKY, offs, *span) == answer
+    assert span_text(TRICKY, offs, *span) == answer
 
 
 def test_char_span_inside_a_token_takes_the_whole_token_and_whitespace_gives_none():
+    # the helpers are sru_lm.data.squad's; this checks them on this tokenizer's offsets
     text = "the U.N. resolution"
     _, offs = tokenize(text)
     i = text.index("resol")
-    assert tokens_to_text(text, offs, *char_span_to_tokens(offs, i, i + 5)) == "resolution"
-    assert char_span_to_tokens(offs, 3, 4) is None  # a single space
-    assert char_span_to_tokens(offs, 5, 5) is None  # empty
+    assert span_text(text, offs, *char_to_token_span(offs, i, i + 5)) == "resolution"
+    assert char_to_token_span(offs, 3, 4) is None  # a single space
 
 
 def test_featurize_then_collate_maps_gold_spans_back_to_answer_text():
     ctx = "Ünïcode   text: the  answer is «Zürich  Hbf»,\tnot Bern."
     ex = {"id": "1", "context": ctx, "question": "Where is the answer?",
-          "answers": [{"text": "Zürich  Hbf", "answer_start": ctx.index("Zürich")}]}
+          "answers": {"text": ["Zürich  Hbf"], "answer_start": [ctx.index("Zürich")]}}
     (f,), unaligned = featurize([ex])
     assert unaligned == 0
-    assert tokens_to_text(f.context, f.offsets, f.start, f.end) == "Zürich  Hbf"
+    assert span_text(f.context, f.offsets, f.start, f.end) == "Zürich  Hbf"
     vocab = Vocab.build([f.context_tokens, f.question_tokens])
     batch = QACollator(vocab)([f, f])
     assert batch["context_mask"].sum(1).tolist() == [len(f.context_tokens)] * 2

@@ -1,0 +1,450 @@
+// CPU kernels for the SRU recurrence: forward, analytic backward, and one decode step.
+//
+// Layouts (all contiguous; D = directions, K = 3 or 4 projections per unit):
+//   U (L, B, D, K, H) in scalar_t, gate blocks [U_x, U_f, U_r, (U_h)]
+//   x (L, B, D, H) in scalar_t (K == 3 only), h like x
+//   v, b (D, 2, H) [f, r] in acc_t; c0, dropout mask, c_last (B, D, H) in acc_t
+//   mask_pad (L, B) bool, true = pad; c_all (L, B, D, H) acc_t: c after every step, for backward
+// acc_t is float for fp16/bf16/fp32 inputs and double for fp64.
+//
+// Work split: a "column" is W consecutive units of one (batch, direction). Each thread owns a
+// contiguous range of columns and walks time in its outer loop, all its columns in the inner loop.
+// So at each step a thread reads one contiguous stretch of U's row t (friendly to the prefetcher),
+// the columns' dependency chains are independent (the core overlaps their sigmoid latencies), and
+// the unit loop is a plain `omp simd` loop over contiguous memory.
+
+#include <torch/extension.h>
+
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kW = 64;  // units per column
+
+// exp(a) for float with a Cody-Waite range reduction and a degree-7 Taylor polynomial on
+// |r| <= ln2/2 (truncation < 1e-8 relative): branch-free, so gcc vectorizes it inside `omp simd`
+// loops, where std::exp would stay a scalar call.
+static inline __attribute__((always_inline)) float fast_exp(float a) {
+  a = std::min(std::max(a, -87.0f), 88.0f);
+  const float n = std::floor(a * 1.44269504088896341f + 0.5f);  // vroundps: needs -fno-trapping-math
+  float r = a - n * 0.693359375f;  // ln2 = 0.693359375 - 2.12194440e-4; n * the first part is exact
+  r = r + n * 2.12194440e-4f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  return p * __builtin_bit_cast(float, bits);
+}
+
+static inline __attribute__((always_inline)) float sigmoid(float z) {
+  return 1.0f / (1.0f + fast_exp(-z));
+}
+
+static inline __attribute__((always_inline)) double sigmoid(double z) {
+  return 1.0 / (1.0 + std::exp(-z));
+}
+
+// Storage type -> (raw element type the kernels read and write, state/accumulation type).
+// bf16 goes through its bits so the conversions vectorize (c10::BFloat16 is a struct gcc will not
+// vectorize loads and stores of). fp16 is not here: gcc 12 vectorizes fp16 <-> fp32 only with
+// AVX512-FP16, so the Python side runs fp16 inputs through the fp32 kernel.
+template <typename scalar_t>
+struct IO {
+  using raw = scalar_t;
+  using acc = scalar_t;
+  static inline __attribute__((always_inline)) acc load(raw x) { return x; }
+  static inline __attribute__((always_inline)) raw store(acc x) { return x; }
+};
+
+template <>
+struct IO<at::BFloat16> {
+  using raw = uint16_t;
+  using acc = float;
+  static inline __attribute__((always_inline)) float load(uint16_t x) {
+    return __builtin_bit_cast(float, static_cast<uint32_t>(x) << 16);
+  }
+  static inline __attribute__((always_inline)) uint16_t store(float x) {  // round to nearest even
+    const uint32_t u = __builtin_bit_cast(uint32_t, x);
+    const uint32_t rounded = x != x ? 0x7FC00000u : u + 0x7FFFu + ((u >> 16) & 1u);
+    return static_cast<uint16_t>(rounded >> 16);
+  }
+};
+
+template <typename scalar_t>
+using acc_type = typename IO<scalar_t>::acc;
+template <typename scalar_t>
+using raw_type = typename IO<scalar_t>::raw;
+
+template <typename scalar_t>
+const raw_type<scalar_t>* raw_ptr(const at::Tensor& t) {
+  return reinterpret_cast<const raw_type<scalar_t>*>(t.data_ptr<scalar_t>());
+}
+template <typename scalar_t>
+raw_type<scalar_t>* raw_ptr(at::Tensor& t) {
+  return reinterpret_cast<raw_type<scalar_t>*>(t.data_ptr<scalar_t>());
+}
+
+// Everything a kernel needs, as raw pointers. Optional inputs point at a buffer of H ones (mask)
+// or zeros (state) with a zero batch stride, so the inner loops have no branches on them.
+template <typename scalar_t>
+struct Problem {
+  using acc_t = acc_type<scalar_t>;
+  int64_t L, B, D, K, H;
+  acc_t scale;               // highway scale: scale_x for K == 3, 1 for K == 4
+  const raw_type<scalar_t>* U;
+  const raw_type<scalar_t>* hw;       // highway input: x (K == 3) or U + 3H (K == 4)
+  int64_t hw_row;            // stride between (t, b, d) rows of hw: H or K*H
+  const acc_t* v;
+  const acc_t* b;
+  const acc_t* c0;
+  int64_t c0_bd;             // stride of c0 per (b, d): H, or 0 for the zeros buffer
+  const acc_t* m;
+  int64_t m_bd;              // same for the dropout mask
+  const bool* pad;           // (L, B) or nullptr
+};
+
+inline int64_t num_columns(int64_t B, int64_t D, int64_t H) {
+  return B * D * ((H + kW - 1) / kW);
+}
+
+// Column index -> (b, d, first unit, unit count).
+inline void column(int64_t col, int64_t D, int64_t H, int64_t& b, int64_t& d, int64_t& j0, int64_t& n) {
+  const int64_t nch = (H + kW - 1) / kW;
+  const int64_t bd = col / nch;
+  b = bd / D;
+  d = bd % D;
+  j0 = (col % nch) * kW;
+  n = std::min(kW, H - j0);
+}
+
+// Threads get whole columns; split only when each thread gets enough work to pay for waking it.
+inline int64_t grain(int64_t L) {
+  return std::max<int64_t>(1, 16384 / (L * kW));
+}
+
+template <typename scalar_t, bool SAVE_C>
+void forward_kernel(const Problem<scalar_t>& p, raw_type<scalar_t>* h, acc_type<scalar_t>* c_last,
+                    acc_type<scalar_t>* c_all) {
+  using acc_t = acc_type<scalar_t>;
+  using raw_t = raw_type<scalar_t>;
+  using io = IO<scalar_t>;
+  const int64_t L = p.L, B = p.B, D = p.D, K = p.K, H = p.H;
+  at::parallel_for(0, num_columns(B, D, H), grain(L), [&](int64_t cb, int64_t ce) {
+    std::vector<acc_t> state((ce - cb) * kW);
+    for (int64_t col = cb; col < ce; ++col) {
+      int64_t bi, d, j0, n;
+      column(col, D, H, bi, d, j0, n);
+      const acc_t* c0 = p.c0 + (bi * D + d) * p.c0_bd + j0;
+      std::copy(c0, c0 + n, state.data() + (col - cb) * kW);
+    }
+    for (int64_t s = 0; s < L; ++s) {
+      for (int64_t col = cb; col < ce; ++col) {
+        int64_t bi, d, j0, n;
+        column(col, D, H, bi, d, j0, n);
+        const int64_t t = d ? L - 1 - s : s;
+        const int64_t row = (t * B + bi) * D + d;  // (t, b, d)
+        acc_t* __restrict__ c = state.data() + (col - cb) * kW;
+        raw_t* __restrict__ hp = h + row * H + j0;
+        acc_t* __restrict__ cs = SAVE_C ? c_all + row * H + j0 : nullptr;
+        if (p.pad && p.pad[t * B + bi]) {  // padding: c carried, h zero
+          for (int64_t j = 0; j < n; ++j) {
+            hp[j] = io::store(acc_t(0));
+            if (SAVE_C) cs[j] = c[j];
+          }
+          continue;
+        }
+        const raw_t* __restrict__ u = p.U + row * K * H + j0;
+        const raw_t* __restrict__ xq = p.hw + row * p.hw_row + j0;
+        const acc_t* __restrict__ vf = p.v + d * 2 * H + j0;
+        const acc_t* __restrict__ vr = vf + H;
+        const acc_t* __restrict__ bf = p.b + d * 2 * H + j0;
+        const acc_t* __restrict__ br = bf + H;
+        const acc_t* __restrict__ m = p.m + (bi * D + d) * p.m_bd + j0;
+        const acc_t scale = p.scale;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const acc_t cp = c[j];
+          const acc_t u0 = io::load(u[j]);
+          const acc_t f = sigmoid(io::load(u[H + j]) + vf[j] * cp + bf[j]);
+          const acc_t r = sigmoid(io::load(u[2 * H + j]) + vr[j] * cp + br[j]);
+          const acc_t cn = u0 + f * (cp - u0);
+          const acc_t xp = scale * io::load(xq[j]);
+          hp[j] = io::store(xp + m[j] * r * (cn - xp));
+          c[j] = cn;
+          if (SAVE_C) cs[j] = cn;
+        }
+      }
+    }
+    for (int64_t col = cb; col < ce; ++col) {
+      int64_t bi, d, j0, n;
+      column(col, D, H, bi, d, j0, n);
+      std::copy(state.data() + (col - cb) * kW, state.data() + (col - cb) * kW + n,
+                c_last + (bi * D + d) * H + j0);
+    }
+  });
+}
+
+// Reverse-time loop. Per step (unpadded), with g = dL/dc_t carried from the future:
+//   g += gh*m*r;  gr = gh*m*(c - x');  gx' = gh*(1 - m*r)
+//   gU_x = g*(1-f);  gz_f = g*(c_prev - U_x)*f*(1-f);  gz_r = gr*r*(1-r)
+//   dv_f += gz_f*c_prev; dv_r += gz_r*c_prev; db += gz;  g_prev = g*f + gz_f*v_f + gz_r*v_r
+// A padded step passes g through and has zero gradients.
+template <typename scalar_t>
+void backward_kernel(const Problem<scalar_t>& p, const acc_type<scalar_t>* c_all,
+                     const raw_type<scalar_t>* grad_h, const acc_type<scalar_t>* grad_c_last,
+                     raw_type<scalar_t>* gU, raw_type<scalar_t>* ghw, int64_t ghw_row, acc_type<scalar_t>* gvb,
+                     acc_type<scalar_t>* gc0) {
+  using acc_t = acc_type<scalar_t>;
+  using raw_t = raw_type<scalar_t>;
+  using io = IO<scalar_t>;
+  const int64_t L = p.L, B = p.B, D = p.D, K = p.K, H = p.H;
+  at::parallel_for(0, num_columns(B, D, H), grain(L), [&](int64_t cb, int64_t ce) {
+    std::vector<acc_t> state((ce - cb) * kW, acc_t(0));
+    if (grad_c_last) {
+      for (int64_t col = cb; col < ce; ++col) {
+        int64_t bi, d, j0, n;
+        column(col, D, H, bi, d, j0, n);
+        const acc_t* g = grad_c_last + (bi * D + d) * H + j0;
+        std::copy(g, g + n, state.data() + (col - cb) * kW);
+      }
+    }
+    for (int64_t s = L - 1; s >= 0; --s) {
+      for (int64_t col = cb; col < ce; ++col) {
+        int64_t bi, d, j0, n;
+        column(col, D, H, bi, d, j0, n);
+        const int64_t t = d ? L - 1 - s : s;
+        const int64_t row = (t * B + bi) * D + d;
+        acc_t* __restrict__ g = state.data() + (col - cb) * kW;
+        raw_t* __restrict__ gu = gU + row * K * H + j0;
+        raw_t* __restrict__ gx = ghw + row * ghw_row + j0;
+        if (p.pad && p.pad[t * B + bi]) {
+          for (int64_t q = 0; q < K; ++q)
+            for (int64_t j = 0; j < n; ++j) gu[q * H + j] = io::store(acc_t(0));
+          if (ghw_row == H)  // K == 3: x's gradient lives in its own tensor
+            for (int64_t j = 0; j < n; ++j) gx[j] = io::store(acc_t(0));
+          continue;
+        }
+        const int64_t tp = d ? t + 1 : t - 1;  // the step before t in this direction's order
+        const acc_t* __restrict__ cprev =
+            s == 0 ? p.c0 + (bi * D + d) * p.c0_bd + j0 : c_all + ((tp * B + bi) * D + d) * H + j0;
+        const acc_t* __restrict__ cc = c_all + row * H + j0;
+        const raw_t* __restrict__ u = p.U + row * K * H + j0;
+        const raw_t* __restrict__ xq = p.hw + row * p.hw_row + j0;
+        const raw_t* __restrict__ gh = grad_h + row * H + j0;
+        const acc_t* __restrict__ vf = p.v + d * 2 * H + j0;
+        const acc_t* __restrict__ vr = vf + H;
+        const acc_t* __restrict__ bf = p.b + d * 2 * H + j0;
+        const acc_t* __restrict__ br = bf + H;
+        const acc_t* __restrict__ m = p.m + (bi * D + d) * p.m_bd + j0;
+        acc_t* __restrict__ acc = gvb + (bi * D + d) * 4 * H + j0;  // [dv_f, dv_r, db_f, db_r]
+        const acc_t scale = p.scale;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const acc_t cp = cprev[j];
+          const acc_t u0 = io::load(u[j]);
+          const acc_t f = sigmoid(io::load(u[H + j]) + vf[j] * cp + bf[j]);
+          const acc_t r = sigmoid(io::load(u[2 * H + j]) + vr[j] * cp + br[j]);
+          const acc_t xp = scale * io::load(xq[j]);
+          const acc_t ghj = io::load(gh[j]);
+          const acc_t mr = m[j] * r;
+          const acc_t gc = g[j] + ghj * mr;
+          const acc_t gr = ghj * m[j] * (cc[j] - xp);
+          const acc_t gzf = gc * (cp - u0) * f * (acc_t(1) - f);
+          const acc_t gzr = gr * r * (acc_t(1) - r);
+          gu[j] = io::store(gc * (acc_t(1) - f));
+          gu[H + j] = io::store(gzf);
+          gu[2 * H + j] = io::store(gzr);
+          gx[j] = io::store(scale * ghj * (acc_t(1) - mr));
+          acc[j] += gzf * cp;
+          acc[H + j] += gzr * cp;
+          acc[2 * H + j] += gzf;
+          acc[3 * H + j] += gzr;
+          g[j] = gc * f + gzf * vf[j] + gzr * vr[j];
+        }
+      }
+    }
+    for (int64_t col = cb; col < ce; ++col) {
+      int64_t bi, d, j0, n;
+      column(col, D, H, bi, d, j0, n);
+      std::copy(state.data() + (col - cb) * kW, state.data() + (col - cb) * kW + n,
+                gc0 + (bi * D + d) * H + j0);
+    }
+  });
+}
+
+void check(bool ok, const char* what) {
+  TORCH_CHECK(ok, "sru_lm cpu kernel: ", what);
+}
+
+// Fill a Problem from tensors; the ones/zeros buffers must outlive the kernel call.
+template <typename scalar_t>
+Problem<scalar_t> make_problem(const at::Tensor& U, const c10::optional<at::Tensor>& x,
+                               const at::Tensor& v, const at::Tensor& b,
+                               const c10::optional<at::Tensor>& c0,
+                               const c10::optional<at::Tensor>& mask_pad,
+                               const c10::optional<at::Tensor>& dropout_mask, int64_t L, int64_t B,
+                               int64_t D, double scale_x, std::vector<acc_type<scalar_t>>& ones,
+                               std::vector<acc_type<scalar_t>>& zeros) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t H = v.size(-1);
+  Problem<scalar_t> p;
+  p.L = L;
+  p.B = B;
+  p.D = D;
+  p.H = H;
+  p.K = U.numel() / std::max<int64_t>(1, L * B * D * H);
+  check(p.K == 3 || p.K == 4, "U must hold 3 or 4 projections per unit");
+  check(U.is_contiguous() && v.is_contiguous() && b.is_contiguous(), "inputs must be contiguous");
+  check(v.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "v must be in the state dtype");
+  check(b.scalar_type() == v.scalar_type(), "b must be in the state dtype");
+  p.U = raw_ptr<scalar_t>(U);
+  if (p.K == 3) {
+    check(x.has_value() && x->is_contiguous() && x->scalar_type() == U.scalar_type(),
+          "x must be contiguous, in U's dtype, when K == 3");
+    p.hw = raw_ptr<scalar_t>(*x);
+    p.hw_row = H;
+    p.scale = static_cast<acc_t>(scale_x);
+  } else {
+    p.hw = p.U + 3 * H;
+    p.hw_row = 4 * H;
+    p.scale = acc_t(1);
+  }
+  p.v = v.data_ptr<acc_t>();
+  p.b = b.data_ptr<acc_t>();
+  ones.assign(H, acc_t(1));
+  zeros.assign(H, acc_t(0));
+  if (c0.has_value()) {
+    check(c0->is_contiguous() && c0->scalar_type() == v.scalar_type(), "c0 must be contiguous, in the state dtype");
+    p.c0 = c0->data_ptr<acc_t>();
+    p.c0_bd = H;
+  } else {
+    p.c0 = zeros.data();
+    p.c0_bd = 0;
+  }
+  if (dropout_mask.has_value()) {
+    check(dropout_mask->is_contiguous() && dropout_mask->scalar_type() == v.scalar_type(),
+          "dropout_mask must be contiguous, in the state dtype");
+    p.m = dropout_mask->data_ptr<acc_t>();
+    p.m_bd = H;
+  } else {
+    p.m = ones.data();
+    p.m_bd = 0;
+  }
+  if (mask_pad.has_value()) {
+    check(mask_pad->is_contiguous() && mask_pad->scalar_type() == at::kBool, "mask_pad must be contiguous bool");
+    p.pad = mask_pad->data_ptr<bool>();
+  } else {
+    p.pad = nullptr;
+  }
+  return p;
+}
+
+#define SRU_DISPATCH(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
+
+// Returns (h (L, B, D*H), c_last (B, D*H), c_all (L, B, D*H) or an empty tensor).
+std::vector<at::Tensor> forward(const at::Tensor& U, const c10::optional<at::Tensor>& x,
+                                const at::Tensor& v, const at::Tensor& b,
+                                const c10::optional<at::Tensor>& c0,
+                                const c10::optional<at::Tensor>& mask_pad,
+                                const c10::optional<at::Tensor>& dropout_mask, bool bidirectional,
+                                double scale_x, bool save_c, bool poison) {
+  check(U.dim() == 3, "U must be (L, B, D*K*H)");
+  const int64_t L = U.size(0), B = U.size(1), D = bidirectional ? 2 : 1, H = v.size(-1);
+  const auto acc_dtype = v.scalar_type();
+  at::Tensor h = at::empty({L, B, D * H}, U.options());
+  at::Tensor c_last = at::empty({B, D * H}, U.options().dtype(acc_dtype));
+  at::Tensor c_all = save_c ? at::empty({L, B, D * H}, U.options().dtype(acc_dtype)) : at::Tensor();
+  if (poison) {  // tests: an element the kernel forgets to write shows up as NaN
+    h.fill_(NAN);
+    c_last.fill_(NAN);
+    if (save_c) c_all.fill_(NAN);
+  }
+  SRU_DISPATCH(U.scalar_type(), "sru_forward", [&] {
+    std::vector<acc_type<scalar_t>> ones, zeros;
+    auto p = make_problem<scalar_t>(U, x, v, b, c0, mask_pad, dropout_mask, L, B, D, scale_x, ones, zeros);
+    if (save_c)
+      forward_kernel<scalar_t, true>(p, raw_ptr<scalar_t>(h), c_last.data_ptr<acc_type<scalar_t>>(),
+                                     c_all.data_ptr<acc_type<scalar_t>>());
+    else
+      forward_kernel<scalar_t, false>(p, raw_ptr<scalar_t>(h), c_last.data_ptr<acc_type<scalar_t>>(),
+                                      nullptr);
+  });
+  return {h, c_last, c_all};
+}
+
+// Returns (grad_U, grad_x or an empty tensor for K == 4, grad_vb (B, D, 4, H) per-batch partial
+// sums [v_f, v_r, b_f, b_r], grad_c0 (B, D*H)).
+std::vector<at::Tensor> backward(const at::Tensor& U, const c10::optional<at::Tensor>& x,
+                                 const at::Tensor& v, const at::Tensor& b,
+                                 const c10::optional<at::Tensor>& c0,
+                                 const c10::optional<at::Tensor>& mask_pad,
+                                 const c10::optional<at::Tensor>& dropout_mask, bool bidirectional,
+                                 double scale_x, const at::Tensor& c_all, const at::Tensor& grad_h,
+                                 const c10::optional<at::Tensor>& grad_c_last, bool poison) {
+  const int64_t L = U.size(0), B = U.size(1), D = bidirectional ? 2 : 1, H = v.size(-1);
+  check(grad_h.is_contiguous() && grad_h.scalar_type() == U.scalar_type(), "grad_h must be contiguous in U's dtype");
+  check(c_all.is_contiguous() && c_all.scalar_type() == v.scalar_type(), "c_all must be contiguous");
+  at::Tensor gU = at::empty_like(U);
+  at::Tensor gvb = at::zeros({B, D, 4, H}, v.options());
+  at::Tensor gc0 = at::empty({B, D * H}, v.options());
+  const int64_t K = U.size(2) / (D * H);
+  at::Tensor gx = K == 3 ? at::empty({L, B, D * H}, U.options()) : at::Tensor();
+  if (poison) {
+    gU.fill_(NAN);
+    gc0.fill_(NAN);
+    if (K == 3) gx.fill_(NAN);
+  }
+  SRU_DISPATCH(U.scalar_type(), "sru_backward", [&] {
+    using acc_t = acc_type<scalar_t>;
+    std::vector<acc_t> ones, zeros;
+    auto p = make_problem<scalar_t>(U, x, v, b, c0, mask_pad, dropout_mask, L, B, D, scale_x, ones, zeros);
+    const acc_t* gcl = nullptr;
+    if (grad_c_last.has_value()) {
+      check(grad_c_last->is_contiguous() && grad_c_last->scalar_type() == v.scalar_type(),
+            "grad_c_last must be contiguous in the state dtype");
+      gcl = grad_c_last->data_ptr<acc_t>();
+    }
+    raw_type<scalar_t>* ghw = K == 3 ? raw_ptr<scalar_t>(gx) : raw_ptr<scalar_t>(gU) + 3 * H;
+    backward_kernel<scalar_t>(p, c_all.data_ptr<acc_t>(), raw_ptr<scalar_t>(grad_h), gcl,
+                              raw_ptr<scalar_t>(gU), ghw, K == 3 ? H : 4 * H, gvb.data_ptr<acc_t>(),
+                              gc0.data_ptr<acc_t>());
+  });
+  return {gU, gx, gvb, gc0};
+}
+
+// One unidirectional decode step: U (B, K*H), x (B, H) or None, c (B, H) -> (h (B, H), c (B, H)).
+std::vector<at::Tensor> step(const at::Tensor& U, const c10::optional<at::Tensor>& x,
+                             const at::Tensor& v, const at::Tensor& b, const at::Tensor& c,
+                             const c10::optional<at::Tensor>& mask_pad,
+                             const c10::optional<at::Tensor>& dropout_mask, double scale_x) {
+  const int64_t B = U.size(0), H = v.size(-1);
+  at::Tensor h = at::empty({B, H}, U.options());
+  at::Tensor c_new = at::empty({B, H}, v.options());
+  SRU_DISPATCH(U.scalar_type(), "sru_step", [&] {
+    std::vector<acc_type<scalar_t>> ones, zeros;
+    auto p = make_problem<scalar_t>(U, x, v, b, c, mask_pad, dropout_mask, 1, B, 1, scale_x, ones, zeros);
+    forward_kernel<scalar_t, false>(p, raw_ptr<scalar_t>(h), c_new.data_ptr<acc_type<scalar_t>>(), nullptr);
+  });
+  return {h, c_new};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &forward, "SRU recurrence forward (CPU)");
+  m.def("backward", &backward, "SRU recurrence backward (CPU)");
+  m.def("step", &step, "one SRU decode step (CPU)");
+}

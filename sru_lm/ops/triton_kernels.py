@@ -191,9 +191,9 @@ def _sru_bwd_kernel(
     if RECOMPUTE:
         c_ck = tl.load(p_c_saved + j.to(tl.int64) * stride_saved + col, mask=mask_h, other=0.0)
     else:
-        s = j * T + rows
-        ms = (s < L)[:, None] & mask_h[None, :]
-        cp = tl.load(p_c_saved + s.to(tl.int64)[:, None] * stride_saved + col[None, :], mask=ms, other=0.0)
+        s_rows = j * T + rows
+        ms = (s_rows < L)[:, None] & mask_h[None, :]
+        cp = tl.load(p_c_saved + s_rows.to(tl.int64)[:, None] * stride_saved + col[None, :], mask=ms, other=0.0)
     for jj in range(0, n_chunks):
         j = n_chunks - 1 - jj
         # prefetch chunk j-1 (masked off when j == 0)
@@ -212,10 +212,10 @@ def _sru_bwd_kernel(
                 _, _, c_new = _cell(c, _row(u0, rows, i), _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
                 c = tl.where(_row(keep, rows, i) > 0.5, c_new, c)
         else:
-            s = (j - 1) * T + rows
-            ms = ((s >= 0) & (s < L))[:, None] & mask_h[None, :]
-            ncp = tl.load(p_c_saved + tl.where(s >= 0, s, 0).to(tl.int64)[:, None] * stride_saved + col[None, :],
-                          mask=ms, other=0.0)
+            s_rows = (j - 1) * T + rows
+            ms = ((s_rows >= 0) & (s_rows < L))[:, None] & mask_h[None, :]
+            p_cs = p_c_saved + tl.where(s_rows >= 0, s_rows, 0).to(tl.int64)[:, None] * stride_saved
+            ncp = tl.load(p_cs + col[None, :], mask=ms, other=0.0)
         for i in tl.static_range(T - 1, -1, -1):
             s = j * T + i
             t = _time_of(s, L, i_d).to(tl.int64)

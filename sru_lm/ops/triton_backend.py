@@ -14,6 +14,7 @@ arithmetic per chunk; ``scripts/bench_gpu.py`` times both. Set ``SRU_LM_TRITON_C
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -143,6 +144,11 @@ def _dims(U: Tensor, v: Tensor, bidirectional: bool) -> tuple[int, int, int, int
     return L, B, D, H, U.shape[-1] // (D * H)
 
 
+def _on_device(t: Tensor):
+    """Triton launches on the current CUDA device, not the tensors' one."""
+    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
+
+
 def _pad_bytes(mask_pad: Tensor | None) -> Tensor | None:
     return None if mask_pad is None else mask_pad.contiguous().view(torch.uint8)
 
@@ -162,17 +168,18 @@ def _fwd_into(
     cfg = cfg or kernel_config(B, D, H, U.device)
     U = U.contiguous()
     grid = (triton.cdiv(H, cfg.block_h), B, D)
-    _sru_fwd_kernel[grid](
-        U, x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
-        initial_state.contiguous() if initial_state is not None else c_last,
-        _pad_bytes(mask_pad) if mask_pad is not None else U,
-        dropout_mask.contiguous() if dropout_mask is not None else U,
-        h, c_last, c_saved if save_every > 0 else c_last,
-        L, B, H, float(scale_x),
-        D=D, K=K, HAS_C0=initial_state is not None, HAS_PAD=mask_pad is not None,
-        HAS_M=dropout_mask is not None, SAVE_EVERY=save_every, T=cfg.t_fwd, BLOCK_H=cfg.block_h,
-        VEC=cfg.vec, num_warps=cfg.num_warps,
-    )
+    with _on_device(U):
+        _sru_fwd_kernel[grid](
+            U, x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
+            initial_state.contiguous() if initial_state is not None else c_last,
+            _pad_bytes(mask_pad) if mask_pad is not None else U,
+            dropout_mask.contiguous() if dropout_mask is not None else U,
+            h, c_last, c_saved if save_every > 0 else c_last,
+            L, B, H, float(scale_x),
+            D=D, K=K, HAS_C0=initial_state is not None, HAS_PAD=mask_pad is not None,
+            HAS_M=dropout_mask is not None, SAVE_EVERY=save_every, T=cfg.t_fwd, BLOCK_H=cfg.block_h,
+            VEC=cfg.vec, num_warps=cfg.num_warps,
+        )
 
 
 def _bwd_into(
@@ -198,17 +205,18 @@ def _bwd_into(
     T = save_every if recompute else cfg.t_bwd
     U = U.contiguous()
     grid = (triton.cdiv(H, cfg.block_h), B, D)
-    _sru_bwd_kernel[grid](
-        dh.contiguous(), dc_last.contiguous() if dc_last is not None else dc0, U,
-        x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
-        _pad_bytes(mask_pad) if mask_pad is not None else U,
-        dropout_mask.contiguous() if dropout_mask is not None else U,
-        c_saved, dU, dx if K == 3 else dU, dvb_partial, dc0,
-        L, B, H, float(scale_x),
-        D=D, K=K, HAS_DC=dc_last is not None, HAS_PAD=mask_pad is not None,
-        HAS_M=dropout_mask is not None, RECOMPUTE=recompute, T=T, BLOCK_H=cfg.block_h, VEC=cfg.vec,
-        num_warps=cfg.num_warps,
-    )
+    with _on_device(U):
+        _sru_bwd_kernel[grid](
+            dh.contiguous(), dc_last.contiguous() if dc_last is not None else dc0, U,
+            x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
+            _pad_bytes(mask_pad) if mask_pad is not None else U,
+            dropout_mask.contiguous() if dropout_mask is not None else U,
+            c_saved, dU, dx if K == 3 else dU, dvb_partial, dc0,
+            L, B, H, float(scale_x),
+            D=D, K=K, HAS_DC=dc_last is not None, HAS_PAD=mask_pad is not None,
+            HAS_M=dropout_mask is not None, RECOMPUTE=recompute, T=T, BLOCK_H=cfg.block_h, VEC=cfg.vec,
+            num_warps=cfg.num_warps,
+        )
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -295,6 +303,9 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, dh, dc_last, _dc_saved):
     U, x, v, b, initial_state, mask_pad, dropout_mask, c_saved = ctx.saved_tensors
+    if dh is None:  # only c_last was used
+        L, B, D, H, _ = _dims(U, v, ctx.bidirectional)
+        dh = U.new_zeros(L, B, D * H)
     dU, dx, dv, db, dc0 = torch.ops.sru_lm.sru_scan_bwd(
         dh, dc_last, U, x, v, b, initial_state, mask_pad, dropout_mask, c_saved,
         ctx.bidirectional, ctx.scale_x, ctx.save_every,
@@ -359,14 +370,15 @@ def _launch_step(U, x, v, b, c, c_out, h, mask_pad, dropout_mask, scale_x) -> No
         return
     K = U.shape[-1] // H
     block = _step_block(H, U.device)
-    _sru_step_kernel[(triton.cdiv(H, block), B)](
-        U, x if K == 3 else U, v, b, c,
-        mask_pad.view(torch.uint8) if mask_pad is not None else U,
-        dropout_mask if dropout_mask is not None else U,
-        h, c_out, H, float(scale_x),
-        K=K, HAS_PAD=mask_pad is not None, HAS_M=dropout_mask is not None, BLOCK_H=block,
-        num_warps=max(1, block // 128),
-    )
+    with _on_device(U):
+        _sru_step_kernel[(triton.cdiv(H, block), B)](
+            U, x if K == 3 else U, v, b, c,
+            mask_pad.view(torch.uint8) if mask_pad is not None else U,
+            dropout_mask if dropout_mask is not None else U,
+            h, c_out, H, float(scale_x),
+            K=K, HAS_PAD=mask_pad is not None, HAS_M=dropout_mask is not None, BLOCK_H=block,
+            num_warps=max(1, block // 128),
+        )
 
 
 def sru_step_triton(

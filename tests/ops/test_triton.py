@@ -159,6 +159,17 @@ def test_backward_without_saved_state():
         torch.testing.assert_close(x, y)
 
 
+def test_gradient_through_final_state_only():
+    """When only c_last is used, the autograd formula gets no gradient for h."""
+    inp = make_inputs(7, 2, 20, True, 4, True, True, False, torch.float32)
+    tb.set_kernel_config(**SMALL)
+    names = ["U", "v", "b", "initial_state"]
+    grads = torch.autograd.grad(sru_recurrence(**inp, backend="triton")[1].sum(), [inp[n] for n in names])
+    grads_ref = torch.autograd.grad(sru_recurrence_ref(**inp)[1].sum(), [inp[n] for n in names])
+    for name, g, r in zip(names, grads, grads_ref, strict=True):
+        assert_close(g, r, torch.float32, f"d{name}")
+
+
 def test_inference_saves_nothing_and_matches():
     inp = make_inputs(8, 2, 20, False, 3, True, False, False, torch.float32)
     with torch.no_grad():

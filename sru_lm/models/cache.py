@@ -29,8 +29,9 @@ class SRULMLayerCache:
     is_croppable = False
     is_sliding = False
 
-    def __init__(self, has_attention: bool) -> None:
+    def __init__(self, has_attention: bool, max_cache_len: int | None = None) -> None:
         self.has_attention = has_attention
+        self.max_cache_len = max_cache_len
         self.c: torch.Tensor | None = None
         self.keys: torch.Tensor | None = None
         self.values: torch.Tensor | None = None
@@ -56,6 +57,8 @@ class SRULMLayerCache:
         past, end = self.seen_tokens, self.seen_tokens + key_states.shape[2]
         if self.keys is None or end > self.keys.shape[2] or self.keys.shape[0] != B:
             capacity = -(-(end + max(_CHUNK, end // 8)) // _CHUNK) * _CHUNK
+            if self.max_cache_len is not None and end <= self.max_cache_len:
+                capacity = self.max_cache_len
             keys = key_states.new_empty(B, nh, capacity, hd)
             values = value_states.new_empty(B, nh, capacity, hd)
             if past:
@@ -123,8 +126,10 @@ class SRULMCache(Cache):
     :class:`SRULMLayerCache` per layer, built from ``config.layer_types``.
 
     The model creates it on the first forward with ``use_cache=True``; pass it back as ``cache=`` with only
-    the new tokens. Memory: ``num_layers * B * hidden_size * 4`` bytes of SRU state, plus ``2 * B *
-    seq_len * projection_size`` elements per attention layer.
+    the new tokens. Give ``max_cache_len`` to allocate the key/value buffers once at that length (they then
+    never move, as CUDA-graph capture needs); otherwise they grow in chunks. Memory: ``num_layers * B *
+    hidden_size * 4`` bytes of SRU state, plus ``2 * B * seq_len * projection_size`` elements per attention
+    layer.
 
     Example:
         >>> out = model(input_ids, use_cache=True)
@@ -132,9 +137,9 @@ class SRULMCache(Cache):
         >>> out.cache.get_seq_length()
     """
 
-    def __init__(self, config) -> None:
-        layer_types = config.layer_types
-        super().__init__(layers=[SRULMLayerCache(t == "hybrid") for t in layer_types])
+    def __init__(self, config, max_cache_len: int | None = None) -> None:
+        layers = [SRULMLayerCache(t == "hybrid", max_cache_len) for t in config.layer_types]
+        super().__init__(layers=layers)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
         return self.layers[layer_idx].seen_tokens if layer_idx < len(self.layers) else 0

@@ -253,3 +253,17 @@ def test_rotary_is_applied():
     ids = torch.randint(1, VOCAB, (1, 6))
     with torch.no_grad():
         assert (rotary(ids).logits - plain(ids).logits).abs().max() > 1e-4
+
+
+def test_preallocated_cache_keeps_its_buffers():
+    model = _causal_lm()
+    ids = torch.randint(1, VOCAB, (2, 12))
+    cache = SRULMCache(model.config, max_cache_len=16)
+    with torch.no_grad():
+        full = model(ids).logits
+        out = model(ids[:, :4], cache=cache)
+        keys = cache.layers[0].keys
+        assert keys.shape[2] == 16
+        steps = [out.logits] + [model(ids[:, t : t + 1], cache=cache).logits for t in range(4, 12)]
+    assert cache.layers[0].keys is keys  # written in place, never reallocated
+    torch.testing.assert_close(torch.cat(steps, 1), full, **TOL)

@@ -108,12 +108,17 @@ class TrainConfig:
     resume: bool = True  # continue from output_dir's latest checkpoint if there is one
     seed: int = 0
     progress_bar: bool = True
+    # "wall": time.perf_counter; "process": this process's CPU time (time.process_time), which on a
+    # shared machine with one thread per process counts only the compute this run received
+    clock: str = "wall"
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "radam"):
             raise ValueError(f"optimizer must be 'adamw' or 'radam', got {self.optimizer!r}")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"mixed_precision must be auto/no/bf16/fp16, got {self.mixed_precision!r}")
+        if self.clock not in ("wall", "process"):
+            raise ValueError(f"clock must be 'wall' or 'process', got {self.clock!r}")
         if self.grad_accum < 1:
             raise ValueError(f"grad_accum must be >= 1, got {self.grad_accum}")
         if self.max_steps is None and self.max_tokens is None and self.max_minutes is None:
@@ -290,9 +295,10 @@ class Trainer:
             lr = c.lr * lr_multiplier(self.step, self.progress(), c.warmup_steps, c.min_lr_ratio)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            t0 = time.perf_counter()
+            clock = time.process_time if c.clock == "process" else time.perf_counter
+            t0 = clock()
             loss, tokens, grad_norm = self._optimizer_step()
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             if acc.num_processes > 1:  # one clock for all processes: rank 0's
                 dt = float(broadcast(torch.tensor([dt], dtype=torch.float64, device=acc.device), from_process=0)[0])
             self.step += 1

@@ -1,0 +1,59 @@
+"""Train a hybrid SRU-Transformer LM with the shared training loop.
+
+    python scripts/train_lm.py --max-minutes 10 --output-dir outputs/train_lm
+    accelerate launch --cpu --num_processes 2 scripts/train_lm.py --max-steps 50   # 2 processes
+    python scripts/train_lm.py --text-files my_books/ --vocab-size 4096 --max-tokens 2000000
+
+A killed run resumes from ``<output-dir>/checkpoints`` when started again with the same command
+(``--no-resume`` starts over). At the end the model and tokenizer are saved to ``<output-dir>/model``
+(``AutoModelForCausalLM/AutoTokenizer.from_pretrained`` load it) and the numbers to ``result.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from sru_lm.training.cli import add_data_args, add_model_args, add_train_args, apply_threads, train_config
+from sru_lm.training.pipeline import build_sru_lm, prepare_lm_data, save_lm, train_language_model, write_json
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_data_args(p)
+    add_model_args(p)
+    add_train_args(p)
+    p.add_argument("--output-dir", default="outputs/train_lm")
+    args = p.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    apply_threads(args)
+    if not (args.max_minutes or args.max_steps or args.max_tokens):
+        args.max_minutes = 10.0
+
+    data = prepare_lm_data(args.data, paths=args.text_files, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
+                           cache=args.cache_dir)
+    model = build_sru_lm(
+        data.tokenizer, hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
+        projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
+    )
+    config = train_config(args, args.output_dir)
+    trainer, result = train_language_model(
+        model, data, config, batch_size=args.batch_size, seq_len=args.seq_len, carry_state=args.carry_state,
+        val_tokens_per_book=args.val_tokens_per_book,
+    )
+    if trainer.accelerator.is_main_process:
+        out = Path(args.output_dir)
+        save_lm(trainer.unwrapped_model, data.tokenizer, out / "model")
+        write_json(out / "result.json", {
+            "args": vars(args), "data": data.summary(), "parameters": trainer.unwrapped_model.num_parameters(),
+            "step": result.step, "tokens": result.tokens, "train_seconds": result.train_seconds,
+            "stop_reason": result.stop_reason, "validation": result.last_eval,
+            "processes": trainer.accelerator.num_processes,
+        })
+        print(f"saved {out / 'model'}; {result.step} steps, {result.tokens} tokens, "
+              f"{result.train_seconds:.0f} s; validation {result.last_eval}")
+
+
+if __name__ == "__main__":
+    main()

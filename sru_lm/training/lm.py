@@ -1,0 +1,340 @@
+"""Language-model training and evaluation on top of :class:`~sru_lm.training.trainer.Trainer`.
+
+Model families differ in one respect that matters here: what state, if any, runs from one segment to
+the next. A :class:`StateAdapter` hides that: ``forward(model, input_ids, state) -> (logits, state)``,
+``keep_rows(state, keep)`` (zero the rows that start a new document) and ``detach``. Three exist:
+
+- :class:`StatelessAdapter`: any Hugging Face causal LM (GPT-2): no state;
+- :class:`LSTMAdapter`: :class:`~sru_lm.training.baselines.LSTMLanguageModel`, state ``(h, c)``;
+- :class:`SRULMAdapter`: ``SRULMForCausalLM``; the state is the SRU layers' ``c`` only (attention
+  layers get no memory of earlier segments), passed in and out through the model's cache.
+
+:class:`LMStep` is the step function for the trainer: it carries the detached state across the
+consecutive segments of a :class:`~sru_lm.data.lm.SegmentBatcher` (truncated backpropagation
+through time, as the SRU++ LM experiments do) and resets it where ``reset`` marks a new stream.
+
+Evaluation (all in nats summed over targets, converted at the end):
+
+- :func:`evaluate_sliding`: each document scored with windows of ``context`` tokens advanced by
+  ``stride``; a window scores only its last ``stride`` targets (the first window scores all), so
+  every target is scored once with at least ``context - stride`` tokens of context (fewer only
+  near the start of its document). No state crosses windows. Comparable across model families.
+- :func:`evaluate_streaming`: each document read once in consecutive windows of ``window`` tokens,
+  with the recurrent state carried from window to window (``carry=True``): the recurrent model's
+  natural use, every target scored once with the whole document prefix behind it through the state.
+  With ``carry=False`` (or a stateless model) it is plain non-overlapping windows.
+
+The targets of a document ``[bos] t_1 ... t_n [eos]`` are ``t_1 ... t_n, eos``; bits per byte divide
+their summed NLL by ``ln 2`` times the UTF-8 bytes of the document text, so tokenizers compare.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.lm import SegmentBatcher
+from ..eval import metrics
+from .batches import EpochBatches
+from .trainer import StepOutput
+
+State = Any  # a tensor or a (nested) tuple/list of tensors
+
+
+def _map(state: State, fn: Callable[[torch.Tensor], torch.Tensor]) -> State:
+    if state is None:
+        return None
+    if isinstance(state, torch.Tensor):
+        return fn(state)
+    if isinstance(state, (tuple, list)):
+        return type(state)(_map(s, fn) for s in state)
+    if isinstance(state, dict):
+        return {k: _map(v, fn) for k, v in state.items()}
+    raise TypeError(f"state: expected tensors in tuples/lists/dicts, got {type(state).__name__}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Adapters: one way to run each model family with a carried state.
+
+
+class StatelessAdapter:
+    """Any causal LM called as ``model(input_ids=...).logits``; no state crosses segments."""
+
+    stateful = False
+    batch_dim = 0
+
+    def forward(self, model: nn.Module, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        return model(input_ids=input_ids).logits, None
+
+    def keep_rows(self, state: State, keep: torch.Tensor) -> State:
+        """Zero the state of rows where ``keep`` (B,) is False."""
+        if state is None:
+            return None
+        dim = self.batch_dim
+
+        def mask(t: torch.Tensor) -> torch.Tensor:
+            shape = [1] * t.ndim
+            shape[dim] = -1
+            return t * keep.to(device=t.device, dtype=t.dtype).view(shape)
+
+        return _map(state, mask)
+
+    @staticmethod
+    def detach(state: State) -> State:
+        return _map(state, torch.Tensor.detach)
+
+
+class LSTMAdapter(StatelessAdapter):
+    """:class:`~sru_lm.training.baselines.LSTMLanguageModel`: state ``(h, c)``, each (layers, B, H)."""
+
+    stateful = True
+    batch_dim = 1
+
+    def forward(self, model: nn.Module, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        return model(input_ids, state)
+
+
+class SRULMAdapter(StatelessAdapter):
+    """``SRULMForCausalLM``: the carried state is the SRU layers' ``c``, one (B, d) fp32 tensor per layer.
+
+    The model's cache holds attention keys/values and SRU state together. Across training segments only
+    the SRU state is carried (no Transformer-XL memory for the attention layers), so each call gets a
+    fresh ``SRULMCache`` whose layers hold just the given ``c`` (``update_state(c, 0)``: no tokens seen,
+    so attention starts empty), and the new ``c`` of every layer is read back from the returned cache.
+    """
+
+    stateful = True
+    batch_dim = 0
+
+    def forward(self, model: nn.Module, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        from ..models import SRULMCache
+
+        cache = None
+        if state is not None:
+            cache = SRULMCache(getattr(model, "module", model).config)
+            for layer, c in zip(cache.layers, state, strict=True):
+                layer.update_state(c, 0)
+        out = model(input_ids=input_ids, cache=cache, use_cache=True)
+        if out.cache is None:  # e.g. gradient checkpointing turns the cache off
+            return out.logits, None
+        return out.logits, tuple(layer.c for layer in out.cache.layers)
+
+
+def adapter_for(model: nn.Module) -> StatelessAdapter:
+    """The adapter for ``model`` (unwrapping DDP): LSTM LM, SRU LM, else stateless."""
+    from .baselines import LSTMLanguageModel
+
+    model = getattr(model, "module", model)
+    if isinstance(model, LSTMLanguageModel):
+        return LSTMAdapter()
+    config = getattr(model, "config", None)
+    if getattr(config, "model_type", None) == "sru_lm":
+        return SRULMAdapter()
+    return StatelessAdapter()
+
+
+# --------------------------------------------------------------------------------------------------
+# Training.
+
+
+def _loss_sum(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    # fp32 log-softmax even when the model runs in bf16
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+
+
+class LMStep:
+    """Trainer step for segments ``{"input_ids", "targets", "reset"}`` (see :func:`segment_batches`).
+
+    Args:
+        adapter: from :func:`adapter_for`.
+        carry_state: feed each row's detached final state into its next segment (reset to zero where
+            a new stream starts). False: every segment starts from zero state.
+
+    The carried state is part of the checkpoint (``state_dict``), so a resumed run continues exactly.
+    """
+
+    def __init__(self, adapter: StatelessAdapter, carry_state: bool = True) -> None:
+        self.adapter = adapter
+        self.carry_state = carry_state and adapter.stateful
+        self.state: State = None
+
+    def __call__(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> StepOutput:
+        x, y = batch["input_ids"], batch["targets"]  # (B, T), (B, T) already shifted
+        state = None
+        if self.carry_state and self.state is not None:
+            state = _map(self.state, lambda t: t.to(x.device))
+            state = self.adapter.keep_rows(state, ~batch["reset"])
+        logits, new_state = self.adapter.forward(model, x, state)  # (B, T, V)
+        n = int((y != -100).sum())
+        loss = _loss_sum(logits, y) / max(n, 1)
+        self.state = self.adapter.detach(new_state) if self.carry_state else None
+        return StepOutput(loss, n)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"state": _map(self.state, lambda t: t.detach().cpu())}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.state = state["state"]
+
+
+def segment_batches(batcher: SegmentBatcher) -> EpochBatches:
+    """Endless, resumable trainer batches from a ``SegmentBatcher``: epoch e is ``set_epoch(e)``'s order."""
+
+    def epoch(e: int) -> Iterator[dict[str, torch.Tensor]]:
+        batcher.set_epoch(e)
+        for seg in batcher:
+            yield {"input_ids": seg.input_ids, "targets": seg.targets, "reset": seg.reset}
+
+    return EpochBatches(epoch)
+
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation.
+
+
+@dataclass
+class LMScore:
+    """Summed negative log-likelihood (nats) of ``tokens`` targets covering ``num_bytes`` bytes."""
+
+    nll: float
+    tokens: int
+    num_bytes: int
+
+    @property
+    def loss(self) -> float:
+        return self.nll / self.tokens
+
+    @property
+    def perplexity(self) -> float:
+        return metrics.perplexity(self.nll, self.tokens)
+
+    @property
+    def bits_per_byte(self) -> float:
+        return metrics.bits_per_byte(self.nll, self.num_bytes)
+
+    def as_dict(self, prefix: str = "") -> dict[str, float]:
+        """``loss``, ``perplexity``, ``bits_per_token``, ``bits_per_byte`` and ``tokens``, each prefixed."""
+        scores = metrics.lm_scores(self.nll, self.tokens, self.num_bytes)
+        return {f"{prefix}{k}": v for k, v in {**scores, "tokens": float(self.tokens)}.items()}
+
+
+def _device(model: nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+@torch.no_grad()
+def evaluate_sliding(
+    model: nn.Module,
+    streams: Sequence[np.ndarray],
+    num_bytes: int,
+    *,
+    context: int = 512,
+    stride: int = 256,
+    batch_size: int = 8,
+    adapter: StatelessAdapter | None = None,
+) -> LMScore:
+    """Score every target of every stream once with sliding windows (module docstring).
+
+    Args:
+        streams: token streams ``[bos] ... [eos]`` (``sru_lm.data.lm.tokenize_documents``).
+        num_bytes: UTF-8 bytes of the text the streams encode (for bits per byte).
+        context: window length in input tokens. stride: new targets per window (``<= context``).
+
+    Example::
+
+        >>> score = evaluate_sliding(model, test_streams, test_bytes, context=512, stride=256)
+        >>> score.perplexity, score.bits_per_byte
+    """
+    if not 0 < stride <= context:
+        raise ValueError(f"stride must be in [1, context={context}], got {stride}")
+    adapter = adapter or adapter_for(model)
+    was_training = model.training
+    model.eval()
+    windows = []  # (stream, start, end, first scored position)
+    for k, s in enumerate(streams):
+        n = len(s) - 1  # targets
+        start, scored_to = 0, 0
+        while scored_to < n:
+            end = min(start + context, n)
+            windows.append((k, start, end, scored_to))
+            scored_to = end
+            start += stride
+    device = _device(model)
+    nll, count = 0.0, 0
+    for i in range(0, len(windows), batch_size):
+        chunk = windows[i : i + batch_size]
+        T = max(end - start for _, start, end, _ in chunk)
+        x = torch.zeros(len(chunk), T, dtype=torch.long)
+        y = torch.full((len(chunk), T), -100, dtype=torch.long)
+        for row, (k, start, end, first) in enumerate(chunk):
+            s = torch.as_tensor(streams[k][start : end + 1], dtype=torch.long)
+            x[row, : end - start] = s[:-1]
+            skip = first - start  # targets before `first` were scored by an earlier window
+            y[row, skip : end - start] = s[1 + skip :]
+        logits, _ = adapter.forward(model, x.to(device), None)
+        nll += float(_loss_sum(logits, y.to(device)))
+        count += int((y != -100).sum())
+    model.train(was_training)
+    return LMScore(nll, count, num_bytes)
+
+
+@torch.no_grad()
+def evaluate_streaming(
+    model: nn.Module,
+    streams: Sequence[np.ndarray],
+    num_bytes: int,
+    *,
+    window: int = 512,
+    batch_size: int = 8,
+    carry: bool = True,
+    adapter: StatelessAdapter | None = None,
+    pad_id: int = 0,
+) -> LMScore:
+    """Read each stream once in consecutive ``window``-token windows, carrying the recurrent state.
+
+    Streams are dealt to ``batch_size`` rows (one whole stream per row at a time), so the state a row
+    carries always belongs to its current document; ``carry=False`` restarts every window from zero
+    state (plain non-overlapping windows).
+    """
+    adapter = adapter or adapter_for(model)
+    was_training = model.training
+    model.eval()
+    longest = max(len(s) for s in streams)
+    batcher = SegmentBatcher(
+        streams, batch_size=min(batch_size, len(streams)), seq_len=window, pad_id=pad_id, max_stream_len=longest
+    )
+    device = _device(model)
+    state, nll, count = None, 0.0, 0
+    for seg in batcher:
+        if carry and state is not None:
+            state = adapter.keep_rows(state, (~seg.reset).to(device))
+        logits, new_state = adapter.forward(model, seg.input_ids.to(device), state if carry else None)
+        state = new_state if carry else None
+        nll += float(_loss_sum(logits, seg.targets.to(device)))
+        count += seg.n_targets
+    model.train(was_training)
+    return LMScore(nll, count, num_bytes)
+
+
+def make_eval_fn(
+    streams: Sequence[np.ndarray],
+    num_bytes: int,
+    *,
+    window: int = 512,
+    batch_size: int = 8,
+    carry: bool = False,
+    prefix: str = "val_",
+) -> Callable[[nn.Module], dict[str, float]]:
+    """A trainer ``eval_fn``: :func:`evaluate_streaming` on ``streams`` -> ``{val_loss, val_bits_per_byte, ...}``."""
+
+    def eval_fn(model: nn.Module) -> dict[str, float]:
+        score = evaluate_streaming(model, streams, num_bytes, window=window, batch_size=batch_size, carry=carry)
+        return score.as_dict(prefix)
+
+    return eval_fn

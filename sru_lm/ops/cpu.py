@@ -22,6 +22,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from .naive import state_dtype
 
@@ -109,6 +110,7 @@ class SRURecurrenceCPU(torch.autograd.Function):
         return h, c_last
 
     @staticmethod
+    @once_differentiable
     def backward(ctx, grad_h, grad_c_last):
         U, x, v, b, c0, mask_pad, dropout_mask, c_all = ctx.saved_tensors
         grad_h = torch.zeros_like(U[..., : c_all.shape[-1]]) if grad_h is None else grad_h.contiguous()

@@ -1,7 +1,7 @@
 """Train a hybrid SRU-Transformer LM with the shared training loop.
 
     python scripts/train_lm.py --max-minutes 10 --output-dir outputs/train_lm
-    accelerate launch --cpu --num_processes 2 scripts/train_lm.py --max-steps 50   # 2 processes
+    accelerate launch --multi_gpu --num_processes 2 scripts/train_lm.py --max-steps 50   # 2 processes (CPU: gloo)
     python scripts/train_lm.py --text-files my_books/ --vocab-size 4096 --max-tokens 2000000
 
 A killed run resumes from ``<output-dir>/checkpoints`` when started again with the same command

@@ -33,6 +33,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -148,8 +149,13 @@ def resolve_mixed_precision(requested: str) -> str:
 
 
 def make_accelerator(config: TrainConfig) -> Accelerator:
-    """The ``Accelerator`` a :class:`Trainer` uses; build it first when data must be sharded by rank."""
-    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision))
+    """The ``Accelerator`` a :class:`Trainer` uses; build it first when data must be sharded by rank.
+
+    Several processes without CUDA (``accelerate launch --multi_gpu --num_processes 2`` or ``torchrun``
+    on a CPU machine) train on the CPU over gloo: accelerate only picks multi-CPU when told ``cpu=True``.
+    """
+    multi_cpu = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(mixed_precision=resolve_mixed_precision(config.mixed_precision), cpu=multi_cpu)
 
 
 def param_groups(model: nn.Module, weight_decay: float, no_decay: Iterable[str] = ()) -> list[dict[str, Any]]:

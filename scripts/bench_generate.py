@@ -1,8 +1,9 @@
 """Decode speed and cache memory of ``generate()``: an SRU++ model against a GPT-2 of the same size.
 
-For each context length both models get the same random prompt; the time per new token is
-``(t(1 + N new tokens) - t(1 new token)) / N`` (prefill cancels out), each time the minimum over
-``--repeats`` runs, the two models measured alternately so background load hits both alike. Cache memory is
+For each context length both models get the same random prompt and generate 1 + N tokens greedily; a
+streamer timestamps every token, and the time per token is the median over the N decode steps of
+``--repeats`` runs (the prefill step is left out), the two models run alternately so background load hits
+both alike. Cache memory is
 what ``generate(..., return_dict_in_generate=True).cache`` holds after the run (allocated bytes, spare
 capacity included). Random weights: speed and memory do not depend on training.
 
@@ -15,13 +16,16 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import os
 import platform
+import statistics
 import sys
 import time
 
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
+from transformers.generation.streamers import BaseStreamer
 
 from sru_lm import SRULMConfig, SRULMForCausalLM
 
@@ -66,33 +70,46 @@ def cache_bytes(cache) -> int:
     return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
 
 
-def timed_generate(model, ids: torch.Tensor, new_tokens: int) -> float:
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    model.generate(ids, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
-    if ids.is_cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start
+class StepTimer(BaseStreamer):
+    """Timestamps every token ``generate()`` hands to its streamer: the prompt, then each new token."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, value) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+def decode_step_times(model, ids: torch.Tensor, new_tokens: int) -> list[float]:
+    """Seconds per decode step of one ``generate()`` run (the prefill step excluded)."""
+    timer = StepTimer()
+    model.generate(ids, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens, do_sample=False,
+                   streamer=timer)
+    return [b - a for a, b in itertools.pairwise(timer.times[1:])]  # times[1]: after prefill + 1st token
 
 
 def bench_context(models, ctx: int, batch: int, new_tokens: int, repeats: int, vocab: int, device) -> dict:
     ids = torch.randint(1, vocab, (batch, ctx), device=device)
     for m in models.values():
-        timed_generate(m, ids, 2)  # warm-up: allocator, kernels, lazy imports
-    short = {name: float("inf") for name in models}
-    long = dict(short)
+        decode_step_times(m, ids, 2)  # warm-up: allocator, kernels, lazy imports
+    steps = {name: [] for name in models}
     for _ in range(repeats):
         for name, m in models.items():
-            short[name] = min(short[name], timed_generate(m, ids, 1))
-            long[name] = min(long[name], timed_generate(m, ids, 1 + new_tokens))
+            steps[name] += decode_step_times(m, ids, new_tokens)
     row = {}
     for name, m in models.items():
         out = m.generate(ids, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens, do_sample=False,
                          return_dict_in_generate=True)
-        ms = (long[name] - short[name]) / new_tokens * 1e3
+        ms = statistics.median(steps[name]) * 1e3
         row[name] = dict(ms=ms, tok_s=batch * 1e3 / ms, mib=cache_bytes(out.cache) / 2**20)
     return row
+
+
+def _kw(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
 
 
 def machine() -> str:
@@ -114,7 +131,7 @@ def main() -> None:
     p.add_argument("--contexts", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096])
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--new-tokens", type=int, default=32, help="decode steps timed per run")
-    p.add_argument("--repeats", type=int, default=3, help="runs per measurement; the minimum is kept")
+    p.add_argument("--repeats", type=int, default=3, help="generate() runs per model and context")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: bf16 on CUDA, else fp32")
     p.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
@@ -127,7 +144,7 @@ def main() -> None:
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
     torch.manual_seed(0)
-    models = build_models(args.size, max(args.contexts) + args.new_tokens + 8, device, dtype)
+    models = build_models(args.size, max(4160, max(args.contexts) + args.new_tokens + 8), device, dtype)
     params = {name: sum(p.numel() for p in m.parameters()) / 1e6 for name, m in models.items()}
 
     header = (
@@ -155,11 +172,12 @@ def main() -> None:
             f"- date: {datetime.date.today().isoformat()}",
             f"- machine: {machine_desc}; torch {torch.__version__}; Python {platform.python_version()}",
             f"- command: `{' '.join([os.path.relpath(sys.argv[0])] + sys.argv[1:])}`",
-            f"- SRU++: {params['SRU++']:.1f}M parameters, {spec['sru']}, attention every 5th layer, "
+            f"- SRU++: {params['SRU++']:.1f}M parameters, {_kw(spec['sru'])}, attention every 5th layer, "
             f"vocab {spec['vocab']}",
             f"- GPT-2 (transformers GPT2LMHeadModel, SDPA, DynamicCache): {params['GPT-2']:.1f}M parameters, "
-            f"{spec['gpt2']}, vocab {spec['vocab']}",
-            f"- {dtype}, batch {args.batch}, greedy, {args.new_tokens} timed decode steps, min of {args.repeats} runs; "
+            f"{_kw(spec['gpt2'])}, vocab {spec['vocab']}",
+            f"- {dtype}, batch {args.batch}, greedy; ms/token = median of {args.new_tokens} decode steps x "
+            f"{args.repeats} runs; "
             "speedup = GPT-2 ms / SRU++ ms; cache ratio = SRU++ MiB / GPT-2 MiB (allocated, after the run)",
             "",
             *lines,

@@ -116,7 +116,9 @@ class SRULMLayer(GradientCheckpointingLayer):
     Parameters: ``in_proj`` (W1, d -> d_proj), ``attention`` (W2 and the scalar ``alpha``) on attention
     layers, ``norm`` (LayerNorm on z, or on x with ``normalize_after=False``), ``out_proj`` (W3, d_proj ->
     3d, rows laid out (D, 3, H) = [U_x, U_f, U_r] per direction), ``weight_c``/``bias`` (D, 2, H): the SRU's
-    ``v`` and ``b``. With a ``layer_cache`` and one new token the SRU runs :func:`sru_step`.
+    ``v`` and ``b``. ``cache`` is this layer's :class:`SRULMLayerCache`; with it and one new token the SRU
+    runs :func:`sru_step`. Under gradient checkpointing transformers drops ``cache`` (a replayed forward must
+    not write it twice).
     """
 
     def __init__(self, config: SRULMConfig, layer_idx: int) -> None:
@@ -175,12 +177,12 @@ class SRULMLayer(GradientCheckpointingLayer):
         is_causal: bool = False,
         mask_pad: torch.Tensor | None = None,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
-        layer_cache: SRULMLayerCache | None = None,
+        cache: SRULMLayerCache | None = None,
     ) -> torch.Tensor:
         L, B, d = x.shape
         z = self.in_proj(x if self.normalize_after else self.norm(x))  # (L, B, d_proj)
         if self.attention is not None:
-            z = z + self.alpha * self.attention(z, attn_mask, is_causal, rotary, layer_cache)
+            z = z + self.alpha * self.attention(z, attn_mask, is_causal, rotary, cache)
         if self.normalize_after:
             z = self.norm(z)
         U = self.out_proj(z)  # (L, B, D*3*H)
@@ -188,7 +190,7 @@ class SRULMLayer(GradientCheckpointingLayer):
         if self.training and self.dropout > 0:
             keep = 1.0 - self.dropout
             dropout_mask = U.new_empty(B, d).bernoulli_(keep).div_(keep)
-        c0 = None if layer_cache is None else layer_cache.c
+        c0 = None if cache is None else cache.c
         if c0 is not None and L == 1 and not self.bidirectional:
             h, c = sru_step(
                 U[0], x[0], self.weight_c, self.bias, c0,
@@ -199,8 +201,8 @@ class SRULMLayer(GradientCheckpointingLayer):
             h, c = sru_recurrence(
                 U, x, self.weight_c, self.bias, c0, mask_pad, dropout_mask, self.bidirectional, self.scale_x
             )
-        if layer_cache is not None:
-            layer_cache.update_state(c, L)
+        if cache is not None:
+            cache.update_state(c, L)
         return h
 
 
@@ -347,14 +349,14 @@ class SRULMModel(SRULMPreTrainedModel):
                 head_dim = self.config.projection_size // self.config.num_attention_heads
                 rotary = rotary_cos_sin(position_ids, head_dim, self.config.rope_theta, inputs_embeds.dtype)
 
-        h = self.embed_dropout(inputs_embeds).transpose(0, 1)  # (L, B, d)
+        h = self.embed_dropout(inputs_embeds).transpose(0, 1).contiguous()  # (L, B, d)
         all_hidden = [] if output_hidden_states else None
         for i, layer in enumerate(self.layers):
             if all_hidden is not None:
                 all_hidden.append(h.transpose(0, 1))
-            layer_cache = cache.layers[i] if cache is not None else None
             h = layer(
-                h, attn_mask=attn_mask, is_causal=is_causal, mask_pad=mask_pad, rotary=rotary, layer_cache=layer_cache
+                h, attn_mask=attn_mask, is_causal=is_causal, mask_pad=mask_pad, rotary=rotary,
+                cache=cache.layers[i] if cache is not None else None,
             )
         h = self.norm(h).transpose(0, 1)  # (B, L, d)
         if all_hidden is not None:

@@ -69,7 +69,10 @@ class StatelessAdapter:
     stateful = False
     batch_dim = 0
 
-    def forward(self, model: nn.Module, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, model: nn.Module, input_ids: torch.Tensor, state: State, return_state: bool = True
+    ) -> tuple[torch.Tensor, State]:
+        """``(logits (B, T, V), final state)``, starting from ``state`` (None: zero state)."""
         return model(input_ids=input_ids).logits, None
 
     def keep_rows(self, state: State, keep: torch.Tensor) -> State:
@@ -96,7 +99,9 @@ class LSTMAdapter(StatelessAdapter):
     stateful = True
     batch_dim = 1
 
-    def forward(self, model: nn.Module, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, model: nn.Module, input_ids: torch.Tensor, state: State, return_state: bool = True
+    ) -> tuple[torch.Tensor, State]:
         return model(input_ids, state)
 
 
@@ -112,8 +117,13 @@ class SRULMAdapter(StatelessAdapter):
     stateful = True
     batch_dim = 0
 
-    def forward(self, model: nn.Module, input_ids: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    def forward(
+        self, model: nn.Module, input_ids: torch.Tensor, state: State, return_state: bool = True
+    ) -> tuple[torch.Tensor, State]:
         from ..models import SRULMCache
+
+        if state is None and not return_state:  # no cache: attention keeps no keys/values
+            return model(input_ids=input_ids, use_cache=False).logits, None
 
         cache = None
         if state is not None:
@@ -170,7 +180,7 @@ class LMStep:
         if self.carry_state and self.state is not None:
             state = _map(self.state, lambda t: t.to(x.device))
             state = self.adapter.keep_rows(state, ~batch["reset"])
-        logits, new_state = self.adapter.forward(model, x, state)  # (B, T, V)
+        logits, new_state = self.adapter.forward(model, x, state, return_state=self.carry_state)  # (B, T, V)
         n = int((y != -100).sum())
         loss = _loss_sum(logits, y) / max(n, 1)
         self.state = self.adapter.detach(new_state) if self.carry_state else None
@@ -277,7 +287,7 @@ def evaluate_sliding(
             x[row, : end - start] = s[:-1]
             skip = first - start  # targets before `first` were scored by an earlier window
             y[row, skip : end - start] = s[1 + skip :]
-        logits, _ = adapter.forward(model, x.to(device), None)
+        logits, _ = adapter.forward(model, x.to(device), None, return_state=False)
         nll += float(_loss_sum(logits, y.to(device)))
         count += int((y != -100).sum())
     model.train(was_training)
@@ -314,7 +324,8 @@ def evaluate_streaming(
     for seg in batcher:
         if carry and state is not None:
             state = adapter.keep_rows(state, (~seg.reset).to(device))
-        logits, new_state = adapter.forward(model, seg.input_ids.to(device), state if carry else None)
+        x = seg.input_ids.to(device)
+        logits, new_state = adapter.forward(model, x, state if carry else None, return_state=carry)
         state = new_state if carry else None
         nll += float(_loss_sum(logits, seg.targets.to(device)))
         count += seg.n_targets

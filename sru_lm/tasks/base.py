@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -61,15 +62,33 @@ def tuple_fields(config: Any, *names: str) -> None:
         setattr(config, n, tuple(getattr(config, n)))
 
 
-def freeze_rows_after(embedding: nn.Embedding, n_trainable: int) -> None:
-    """Train only the first ``n_trainable`` rows of ``embedding`` (DrQA fine-tunes the most frequent
-    question words and keeps the rest of the pretrained vectors fixed): zero the other rows' gradient."""
-    if n_trainable >= embedding.num_embeddings:
-        return
+class PartlyTunedEmbedding(nn.Module):
+    """An embedding whose first ``n_tuned`` rows train and whose other rows are a fixed buffer.
 
-    def hook(grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.clone()
-        grad[n_trainable:] = 0
-        return grad
+    DrQA fine-tunes only the most frequent question words and keeps the other pretrained vectors fixed.
+    Keeping the fixed rows out of the parameters (rather than zeroing their gradient) spares the optimizer a
+    dense update of the whole table every step: 1,002 x 50 trainable values instead of ~100k x 50.
+    ``forward(ids (...)) -> (..., dim)``; ``weight`` is the full table (for saving and inspection).
+    """
 
-    embedding.weight.register_hook(hook)
+    def __init__(self, num_embeddings: int, dim: int, n_tuned: int, weight: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.num_embeddings, self.dim = num_embeddings, dim
+        self.n_tuned = n_tuned = min(n_tuned, num_embeddings)
+        full = torch.randn(num_embeddings, dim) if weight is None else weight.detach().float()
+        if full.shape != (num_embeddings, dim):
+            raise ValueError(f"weight must be ({num_embeddings}, {dim}), got {tuple(full.shape)}")
+        self.tuned = nn.Parameter(full[:n_tuned].clone())
+        self.register_buffer("fixed", full[n_tuned:].clone())
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return torch.cat([self.tuned, self.fixed])
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        n = self.n_tuned
+        tuned = F.embedding(ids.clamp(max=n - 1), self.tuned)
+        if self.fixed.shape[0] == 0:
+            return tuned
+        fixed = F.embedding((ids - n).clamp(min=0), self.fixed)
+        return torch.where((ids < n).unsqueeze(-1), tuned, fixed)

@@ -4,7 +4,12 @@ The SRU and LSTM stacks are built layer by layer so they are the same model but 
 the same dropout on every layer's input, the same optional concatenation of all layers' outputs
 (DrQA), the same padding contract. Padding never changes a sequence's encoding: the SRU gets
 ``mask_pad`` (a padded step carries ``c`` and outputs zero, so the reversed direction starts at the
-last real token), the LSTM runs on a packed batch, the CNN masks windows that hold no real token.
+last real token); a bidirectional LSTM layer is two ``nn.LSTM`` directions, the backward one run on each
+sequence reversed within its own length; the CNN masks windows that hold no real token.
+
+Why not ``pack_padded_sequence`` for the LSTM: on CPU (torch 2.13) a packed bidirectional LSTM trains
+about 3x and infers about 9x slower than the same LSTM on a padded batch (L=150, B=32, d=128,
+measured on this machine), which would hand the SRU an unfair speed advantage.
 """
 
 from __future__ import annotations
@@ -12,11 +17,19 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from ..layers import SRUCell
 
 RNN_TYPES = ("sru", "lstm")
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of ``x (L, B, F)`` within its length; padding stays at the end. Its own inverse."""
+    L = x.shape[0]
+    t = torch.arange(L, device=x.device).unsqueeze(1)  # (L, 1)
+    n = lengths.to(x.device).unsqueeze(0)  # (1, B)
+    idx = torch.where(t < n, n - 1 - t, t)  # (L, B)
+    return x.gather(0, idx.unsqueeze(-1).expand_as(x))
 
 
 class RNNEncoder(nn.Module):
@@ -65,8 +78,8 @@ class RNNEncoder(nn.Module):
             d_in = input_size if i == 0 else hidden_size * D
             if rnn_type == "sru":
                 self.layers.append(SRUCell(d_in, hidden_size, bidirectional=bidirectional, **(sru_kwargs or {})))
-            else:
-                self.layers.append(nn.LSTM(d_in, hidden_size, 1, bidirectional=bidirectional))
+            else:  # one nn.LSTM per direction, see the module docstring
+                self.layers.append(nn.ModuleList(nn.LSTM(d_in, hidden_size, 1) for _ in range(D)))
         self.output_size = hidden_size * D * (num_layers if concat_layers else 1)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -75,15 +88,18 @@ class RNNEncoder(nn.Module):
         mask = mask.bool()
         h = x.transpose(0, 1)  # (L, B, F)
         pad = ~mask.t()  # (L, B) True = padding
-        lengths = mask.sum(1).cpu()
+        lengths = mask.sum(1)
         outputs = []
         for layer in self.layers:
             h = F.dropout(h, self.dropout, self.training)
             if self.rnn_type == "sru":
                 h, _ = layer(h, mask_pad=pad)
             else:
-                packed = pack_padded_sequence(h, lengths.clamp(min=1), enforce_sorted=False)
-                h, _ = pad_packed_sequence(layer(packed)[0], total_length=pad.shape[0])
+                # a forward LSTM never sees the padding after a sequence; the backward one reads the reversal
+                hs = [layer[0](h)[0]]
+                if len(layer) == 2:
+                    hs.append(reverse_padded(layer[1](reverse_padded(h, lengths))[0], lengths))
+                h = torch.cat(hs, -1).masked_fill(pad.unsqueeze(-1), 0.0)  # (L, B, D*H)
             outputs.append(h)
         out = torch.cat(outputs, -1) if self.concat_layers else outputs[-1]  # (L, B, output_size)
         return out.masked_fill(pad.unsqueeze(-1), 0.0).transpose(0, 1)

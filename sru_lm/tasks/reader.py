@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.modeling_outputs import QuestionAnsweringModelOutput
 
-from .base import TaskModel, freeze_rows_after
+from .base import PartlyTunedEmbedding, TaskModel
 from .encoders import RNN_TYPES, RNNEncoder
 
 NUM_FEATURES = 3  # exact match (as written), exact match (lower case), term frequency
@@ -79,13 +79,11 @@ class DrQAReader(TaskModel):
         super().__init__()
         self.config = config
         E, H = config.embed_dim, config.hidden_size
-        self.embed = nn.Embedding(config.vocab_size, E, padding_idx=0)
-        if embeddings is not None:
-            if embeddings.shape != self.embed.weight.shape:
-                raise ValueError(f"embeddings must be {tuple(self.embed.weight.shape)}, got {tuple(embeddings.shape)}")
-            self.embed.weight.data.copy_(embeddings)
-        if config.tune_top_k >= 0:
-            freeze_rows_after(self.embed, 2 + config.tune_top_k)
+        n_tuned = config.vocab_size if config.tune_top_k < 0 else 2 + config.tune_top_k  # <pad>, <unk>, top k
+        if embeddings is None:
+            embeddings = torch.randn(config.vocab_size, E) * 0.4
+            embeddings[0] = 0
+        self.embed = PartlyTunedEmbedding(config.vocab_size, E, n_tuned, embeddings)
         self.align = nn.Linear(E, E)
         sru_kwargs = {"highway_bias": config.highway_bias}
         self.doc_rnn = RNNEncoder(E + E + config.num_features, H, config.doc_layers, config.rnn_type, True,

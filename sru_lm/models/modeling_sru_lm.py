@@ -213,6 +213,7 @@ class SRULMPreTrainedModel(PreTrainedModel):
     supports_gradient_checkpointing = True
     _no_split_modules = ["SRULMLayer"]
     _supports_sdpa = True
+    _is_stateful = True  # the SRU state cannot be rolled back: generate() refuses assisted decoding up front
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

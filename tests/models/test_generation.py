@@ -104,3 +104,8 @@ def test_no_attention_layers_generate(model):
     m.generation_config.eos_token_id = None
     ids = torch.randint(1, VOCAB, (2, 5))
     torch.testing.assert_close(_gen(m, ids), _gen(m, ids, use_cache=False), rtol=0, atol=0)
+
+
+def test_assisted_decoding_is_refused_clearly(model):
+    with pytest.raises(ValueError, match="stateful"):
+        model.generate(torch.tensor([PROMPTS[0]]), assistant_model=model, max_new_tokens=3)

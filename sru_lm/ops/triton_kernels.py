@@ -47,7 +47,9 @@ def _load_chunk(
     D: tl.constexpr, K: tl.constexpr, HAS_PAD: tl.constexpr, HAS_DH: tl.constexpr,
     T: tl.constexpr,
 ):
-    """The (T, BLOCK_H) input tiles of chunk j: U_x, U_f, U_r, x', keep (1 = real step), dh."""
+    """The (T, BLOCK_H) input tiles of chunk j: U_x, U_f, U_r, x', keep (1 = real step), dh.
+
+    Without padding ``keep`` and without HAS_DH ``dh`` are scalar placeholders (no registers)."""
     s = j * T + rows  # (T,) step indices
     valid = (s >= 0) & (s < L)
     t = _time_of(s, L, i_d)
@@ -68,12 +70,12 @@ def _load_chunk(
         pad = tl.load(p_pad + (t * B + i_b)[:, None] + offs_h[None, :] * 0, mask=m2, other=1)
         keep = tl.where(valid[:, None] & (pad == 0), 1.0, 0.0)
     else:
-        keep = tl.where(valid[:, None] & mask_h[None, :], 1.0, 0.0)
+        keep = 1.0  # the kernels test s < L instead
     if HAS_DH:
         row_h = ((t * B + i_b) * D + i_d) * H
         dh = tl.load(p_dh + row_h[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
     else:
-        dh = keep
+        dh = 0.0
     return u0, uf, ur, xp, keep, dh
 
 
@@ -135,7 +137,10 @@ def _sru_fwd_kernel(
             g = r * (c_new - xt)
             if HAS_M:
                 g = g * m
-            real = _row(keep, rows, i) > 0.5
+            if HAS_PAD:
+                real = _row(keep, rows, i) > 0.5
+            else:
+                real = s < L
             c = tl.where(real, c_new, c)
             h = tl.where(real, g + xt, 0.0)
             tl.store(p_h + (t * B + i_b) * (D * H) + i_d * H + offs_h, h.to(p_h.dtype.element_ty),
@@ -210,7 +215,10 @@ def _sru_bwd_kernel(
             for i in tl.static_range(T):
                 cp = tl.where(rows[:, None] == i, c[None, :], cp)
                 _, _, c_new = _cell(c, _row(u0, rows, i), _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
-                c = tl.where(_row(keep, rows, i) > 0.5, c_new, c)
+                if HAS_PAD:
+                    c = tl.where(_row(keep, rows, i) > 0.5, c_new, c)
+                else:
+                    c = tl.where(j * T + i < L, c_new, c)
         else:
             s_rows = (j - 1) * T + rows
             ms = ((s_rows >= 0) & (s_rows < L))[:, None] & mask_h[None, :]
@@ -233,7 +241,10 @@ def _sru_bwd_kernel(
             dcn = dc + dh_i * mr  # dL/dc_t, through h_t and through c_{t+1}
             daf = dcn * (c - u0_i) * f * (1.0 - f)  # dL/d(pre-activation of f) = dL/dU_f
             dar = dr * r * (1.0 - r)
-            real = _row(keep, rows, i) > 0.5
+            if HAS_PAD:
+                real = _row(keep, rows, i) > 0.5
+            else:
+                real = s < L
             dc = tl.where(real, dcn * f + daf * vf + dar * vr, dc)
             daf = tl.where(real, daf, 0.0)
             dar = tl.where(real, dar, 0.0)

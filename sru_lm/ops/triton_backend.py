@@ -128,7 +128,14 @@ def kernel_config(B: int, D: int, H: int, device: torch.device) -> KernelConfig:
     return dataclasses.replace(cfg, **kw) if kw else cfg
 
 
-def _save_every(cfg: KernelConfig) -> int:
+def _save_every(cfg: KernelConfig | None = None) -> int:
+    """How often the training forward saves c: every ``t_bwd`` steps when recomputing, else every step.
+
+    Without ``cfg`` it reads only the overrides (no device query), so torch.compile traces it cheaply."""
+    if cfg is None:
+        kw = {**_env_overrides(), **_overrides}
+        recompute, t_bwd = kw.get("recompute", KernelConfig.recompute), kw.get("t_bwd", KernelConfig.t_bwd)
+        return t_bwd if recompute else 1
     return cfg.t_bwd if cfg.recompute else 1
 
 
@@ -348,7 +355,7 @@ def sru_recurrence_triton(
     L, B, D, H, K = _dims(U, v, bidirectional)
     tensors = (U, x, v, b, initial_state)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    save_every = _save_every(kernel_config(B, D, H, U.device)) if needs_grad else 0
+    save_every = _save_every() if needs_grad else 0
     h, c_last, _ = torch.ops.sru_lm.sru_scan_fwd(
         U, x if K == 3 else None, v, b, initial_state, mask_pad, dropout_mask, bidirectional,
         float(scale_x), save_every,

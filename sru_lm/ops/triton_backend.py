@@ -399,7 +399,14 @@ def sru_step_triton(
     scale_x: float = 1.0,
 ) -> tuple[Tensor, Tensor]:
     """One decode step (see :func:`sru_lm.ops.sru_step`): returns ``h`` (B, H) in U's dtype and a new
-    fp32 state. Not differentiable. For CUDA graphs use :func:`sru_step_triton_`."""
+    fp32 state. When an input requires grad it runs as a length-1 scan, which is differentiable; the
+    decode kernel itself is not. For CUDA graphs use :func:`sru_step_triton_`."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (U, x, v, b, c)):
+        h, c_new = sru_recurrence_triton(
+            U[None], None if x is None else x[None], v, b, c, None if mask_pad is None else mask_pad[None],
+            dropout_mask, False, scale_x,
+        )
+        return h[0], c_new
     B, H = c.shape
     h = torch.empty(B, H, dtype=U.dtype, device=U.device)
     c_out = torch.empty(B, H, dtype=torch.float32, device=U.device)

@@ -18,7 +18,7 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
-pytest.importorskip("triton")
+triton = pytest.importorskip("triton")
 
 from sru_lm.ops import sru_recurrence, sru_step  # noqa: E402
 from sru_lm.ops import triton_backend as tb  # noqa: E402
@@ -26,6 +26,22 @@ from sru_lm.ops.naive import sru_recurrence_ref, sru_step_ref  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+
+
+def _interpreter_problem() -> str:
+    """Triton decides at import whether its own library runs interpreted: importing sru_lm imports
+    torch._dynamo, which imports triton, so the variable must be set before anything imports sru_lm."""
+    if DEVICE == "cuda":
+        return ""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    if isinstance(triton.language.zeros, InterpretedFunction):
+        return ""
+    return ("triton was imported before TRITON_INTERPRET=1 was set, so its kernels cannot run on CPU "
+            "tensors: run `TRITON_INTERPRET=1 pytest ...` (scripts/run_tests.sh does)")
+
+
+INTERPRETER_PROBLEM = _interpreter_problem()
 
 TOL = {
     torch.float32: dict(atol=1e-5, rtol=1e-4),
@@ -36,9 +52,16 @@ SMALL = dict(block_h=16, t_fwd=4, t_bwd=4)
 
 
 @pytest.fixture(autouse=True)
-def _reset_config():
+def _reset_config(request):
+    if INTERPRETER_PROBLEM and request.node.originalname != "test_interpreter_is_on":
+        pytest.skip(INTERPRETER_PROBLEM)
     yield
     tb.set_kernel_config()
+
+
+def test_interpreter_is_on():
+    """Without a GPU the kernels need the interpreter; this fails (the others skip) when it is off."""
+    assert not INTERPRETER_PROBLEM, INTERPRETER_PROBLEM
 
 
 def make_inputs(L, B, H, bidirectional, k, c0, pad, drop, dtype, device=DEVICE, seed=0):

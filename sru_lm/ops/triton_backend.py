@@ -10,6 +10,11 @@ the default: the backward rebuilds the chunk's states in registers from U, which
 Recomputing moves about a fifth fewer bytes in bf16 training at the price of a second forward chain of
 arithmetic per chunk; ``scripts/bench_gpu.py`` times both. Set ``SRU_LM_TRITON_CONFIG`` (e.g.
 ``"block_h=64,t_fwd=8,recompute=0"``) or call :func:`set_kernel_config` to override the heuristic.
+
+Decoding: :func:`sru_step_triton_` updates the state in place and writes ``h`` into a given buffer, with
+no allocation or host synchronisation, so a whole model's decode step (every layer's projection and
+step) can be captured in one CUDA graph and replayed per token. One kernel for all layers at once is
+not possible for a stack: layer l+1's U is a matmul of layer l's h.
 """
 
 from __future__ import annotations

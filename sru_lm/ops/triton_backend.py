@@ -214,7 +214,10 @@ def _bwd_into(
         raise ValueError(f"save_every must be >= 1 for the backward, got {save_every}")
     if L == 0:  # nothing to walk: the state's gradient passes straight through
         dvb_partial.zero_()
-        dc0.copy_(dc_last) if dc_last is not None else dc0.zero_()
+        if dc_last is None:
+            dc0.zero_()
+        else:
+            dc0.copy_(dc_last)
         return
     cfg = cfg or kernel_config(B, D, H, U.device)
     recompute = save_every > 1

@@ -193,6 +193,14 @@ def test_gradient_through_final_state_only():
         assert_close(g, r, torch.float32, f"d{name}")
 
 
+def test_empty_sequence_passes_the_state_through():
+    inp = make_inputs(0, 2, 20, True, 3, True, False, False, torch.float32)
+    h, c = sru_recurrence(**inp, backend="triton")
+    assert h.shape == (0, 2, 40) and torch.equal(c, inp["initial_state"])
+    (dc0,) = torch.autograd.grad(c.sum(), [inp["initial_state"]])
+    assert (dc0 == 1).all()
+
+
 def test_inference_saves_nothing_and_matches():
     inp = make_inputs(8, 2, 20, False, 3, True, False, False, torch.float32)
     with torch.no_grad():

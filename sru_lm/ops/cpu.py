@@ -176,18 +176,4 @@ def sru_step_cpu(
             None if mask_pad is None else mask_pad.unsqueeze(0), dropout_mask, False, scale_x,
         )
         return h[0], c_new
-    if U.dtype == torch.float16:
-        h, c_new = sru_step_cpu(U.float(), None if x is None else x.float(), v, b, c, mask_pad, dropout_mask, scale_x)
-        return h.half(), c_new
-    acc = state_dtype(U.dtype)
-    k = U.shape[-1] // v.shape[-1]
-    return _load().step(
-        U.contiguous(),
-        x.contiguous() if k == 3 else None,
-        v.to(acc).contiguous(),
-        b.to(acc).contiguous(),
-        c.to(acc).contiguous(),
-        None if mask_pad is None else mask_pad.contiguous(),
-        None if dropout_mask is None else dropout_mask.to(acc).contiguous(),
-        scale_x,
-    )
+    return _load().step(U, x if U.shape[-1] == 3 * v.shape[-1] else None, v, b, c, mask_pad, dropout_mask, scale_x)

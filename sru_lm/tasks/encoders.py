@@ -41,8 +41,8 @@ class RNNEncoder(nn.Module):
         num_layers: stacked layers.
         rnn_type: ``"sru"`` or ``"lstm"``.
         bidirectional: add a reversed direction to every layer.
-        dropout: dropout on every layer's input (the same mask per time step would favour neither model,
-            so it is plain dropout for both).
+        dropout: plain dropout on every layer's input, the same for both recurrences (the SRU's own
+            variational dropout is left off so the two models are regularized alike).
         concat_layers: return all layers' outputs concatenated (DrQA) instead of the last layer's.
         sru_kwargs: extra :class:`sru_lm.layers.SRUCell` arguments (``highway_bias``, ``layer_norm``, ...).
 

@@ -12,7 +12,7 @@ import os
 import platform
 import shlex
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -186,7 +186,3 @@ def _fmt(v: object) -> str:
         return f"{v:.1f}" if abs(v) >= 10 else f"{v:.3g}"
     return str(v)
 
-
-def iter_chunks(items: Sequence, size: int) -> Iterator[Sequence]:
-    for s in range(0, len(items), size):
-        yield items[s : s + size]

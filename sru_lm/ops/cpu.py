@@ -74,7 +74,10 @@ def _load() -> ModuleType | None:
                     verbose=False,
                 )
             except Exception as e:  # no compiler, no ninja, no headers: fall back, say why
-                _error = f"{type(e).__name__}: {str(e).strip().splitlines()[-1] if str(e).strip() else ''}"
+                lines = str(e).strip().splitlines() or [""]
+                compiler_error = next((ln.strip() for ln in lines if "error:" in ln), "")
+                _error = f"{type(e).__name__}: {lines[0].split(': [')[0][:200]}" + (
+                    f" ({compiler_error[:300]})" if compiler_error else "")
     return _ext
 
 

@@ -76,7 +76,7 @@ def sru_step(
 
         if step_available():
             return sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, float(scale_x))
-    if which == "triton":
+    if which == "triton" and U.dtype != torch.float64:  # the kernel computes in fp32
         from .triton_backend import sru_step_triton
 
         return sru_step_triton(U, x, v, b, c, mask_pad, dropout_mask, float(scale_x))

@@ -20,6 +20,7 @@ import random
 from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from sru_lm.data.sentiment import load_mr, load_sst2
 from sru_lm.tasks.classifier import SentenceClassifier, SentenceClassifierConfig
@@ -86,10 +87,10 @@ def main() -> None:
     train_ds = ds["train"]
     if args.train_subset:
         train_ds = train_ds.select(sorted(random.Random(args.seed).sample(range(len(train_ds)), args.train_subset)))
-    texts = {"train": train_ds["text"], "test": ds[test_split]["text"]}
-    labels = {"train": train_ds["label"], "test": ds[test_split]["label"]}
+    texts = {"train": list(train_ds["text"]), "test": list(ds[test_split]["text"])}
+    labels = {"train": list(train_ds["label"]), "test": list(ds[test_split]["label"])}
     if val_split:
-        texts["val"], labels["val"] = ds[val_split]["text"], ds[val_split]["label"]
+        texts["val"], labels["val"] = list(ds[val_split]["text"]), list(ds[val_split]["label"])
     else:  # SST-2: hold out 1,000 training sentences for model selection
         texts["val"], labels["val"] = texts["train"][-1000:], labels["train"][-1000:]
         texts["train"], labels["train"] = texts["train"][:-1000], labels["train"][:-1000]
@@ -129,6 +130,7 @@ def main() -> None:
         final = Path(args.output_dir) / name / "final"
         if name == "hybrid":
             model.save_pretrained(final)
+            AutoTokenizer.from_pretrained(args.pretrained).save_pretrained(final)
         else:
             model.save_pretrained(final, vocab, val_acc=keep.best, test_acc=test_acc)
         tok_s = result.tokens / max(result.train_seconds, 1e-9)
@@ -168,8 +170,6 @@ def label_of(name: str, args) -> str:
 
 def hybrid_model(args, texts: dict[str, list[str]]):
     """The pretrained hybrid LM with a classification head, and the texts in its own tokenizer."""
-    from transformers import AutoTokenizer
-
     from sru_lm.models import SRULMForSequenceClassification
 
     if not Path(args.pretrained).is_dir():

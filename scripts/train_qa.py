@@ -29,7 +29,7 @@ from sru_lm.training import TrainConfig, Trainer
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--models", nargs="+", default=["sru", "lstm"], choices=["sru", "lstm"])
+    p.add_argument("--models", nargs="+", default=["sru", "lstm"], choices=["sru", "lstm", "hybrid"])
     # budget: one value for all models or one per model
     p.add_argument("--minutes", nargs="+", type=float, default=[20.0], help="training minutes per model")
     p.add_argument("--max-steps", type=int, default=None)
@@ -40,6 +40,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--tune-top-k", type=int, default=1000, help="fine-tune this many frequent question words")
     p.add_argument("--vectors", choices=["glove", "random"], default="glove")
+    # the hybrid LM's QA head (bidirectional), fine-tuned from the pretrained causal LM
+    p.add_argument("--pretrained", default="outputs/main_lm/model")
+    p.add_argument("--hybrid-lr", type=float, default=5e-4)
+    p.add_argument("--hybrid-max-length", type=int, default=320, help="question + context subword tokens")
     # optimization (DrQA: Adamax 2e-3, batch 32; AdamW here, the loop's optimizer)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--batch-size", type=int, default=32)
@@ -59,6 +63,50 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "process"], default="process")
     return p.parse_args()
+
+
+def train_hybrid(args, run: str, budget: float, train_ds, dev_ds) -> list:
+    """SRULMForQuestionAnswering in bidirectional mode, from the pretrained causal LM, on subword windows."""
+    from transformers import AutoTokenizer
+
+    from sru_lm.models import SRULMForQuestionAnswering
+    from sru_lm.tasks.qa_subword import encode_subword, subword_collate, subword_squad_eval, subword_step
+
+    if not Path(args.pretrained).is_dir():
+        raise SystemExit(f"--pretrained {args.pretrained} does not exist: run scripts/main_lm.py first")
+    tokenizer = AutoTokenizer.from_pretrained(args.pretrained)
+    # a causal checkpoint loads into the bidirectional model except the per-direction state weights and
+    # biases (their shapes differ), which start from the SRU init; the head is new
+    model = SRULMForQuestionAnswering.from_pretrained(args.pretrained, bidirectional=True, use_cache=False,
+                                                      ignore_mismatched_sizes=True)
+    train = [f for f in encode_subword(tokenizer, train_ds, args.hybrid_max_length) if f.start is not None]
+    dev = encode_subword(tokenizer, dev_ds, args.hybrid_max_length)
+    curve = dev[: args.curve_questions]
+    train_config = TrainConfig(
+        output_dir=f"{args.output_dir}/{run}", lr=args.hybrid_lr, weight_decay=0.01, warmup_steps=args.warmup_steps,
+        max_minutes=budget, max_steps=args.max_steps, eval_every_minutes=args.eval_every_minutes,
+        checkpoint_every_minutes=10.0, resume=False, seed=args.seed, clock=args.clock,
+    )
+    batches = epoch_batches([len(f.input_ids) for f in train], args.batch_size,
+                            lambda idx: subword_collate([train[i] for i in idx]), args.seed)
+    print(f"== {run}: {model.num_parameters():,} parameters, {len(train)} training windows, {budget} min")
+    result = Trainer(model, batches, config=train_config, step_fn=subword_step,
+                     eval_fn=lambda m: subword_squad_eval(m, curve)).fit()
+    t_eval = time.perf_counter()
+    scores = subword_squad_eval(model, dev)
+    eval_s = time.perf_counter() - t_eval
+    out = Path(args.output_dir) / run / "final"
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (Path(args.output_dir) / run / "result.json").write_text(json.dumps(
+        {"scores": scores, "train_seconds": result.train_seconds, "steps": result.step, "tokens": result.tokens,
+         "curve": result.history["eval"], "saved": str(out)}, indent=2))
+    print(f"== {run}: EM {scores['exact_match']:.1f} F1 {scores['f1']:.1f}; saved {out}")
+    return [f"SRULMForQuestionAnswering (bidirectional, from {args.pretrained}; first {args.hybrid_max_length}-token "
+            f"window), {budget:g} min", f"{model.num_parameters() / 1e6:.2f}M", f"{result.train_seconds / 60:.1f}",
+            result.step, f"{result.step * args.batch_size / len(train):.2f}",
+            f"{result.tokens / max(result.train_seconds, 1e-9):.0f}", scores["exact_match"], scores["f1"],
+            f"{eval_s:.0f}"]
 
 
 def main() -> None:
@@ -98,6 +146,9 @@ def main() -> None:
     for name, budget in zip(args.models, minutes, strict=True):
         run = f"{name}-{budget:g}min{'-' + args.tag if args.tag else ''}"
         torch.manual_seed(args.seed)
+        if name == "hybrid":
+            rows.append(train_hybrid(args, run, budget, train_ds, dev_ds))
+            continue
         config = DrQAReaderConfig(
             vocab_size=len(vocab), embed_dim=50, rnn_type=name, hidden_size=args.hidden,
             doc_layers=args.doc_layers, question_layers=args.question_layers, dropout=args.dropout,

@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 
 from ..data.squad import Offsets, char_to_token_span, span_text
+from ..eval.metrics import squad_scores
+from ..training import StepOutput
 from .spans import decode_spans
 from .training import pad_ids
 
@@ -83,3 +85,13 @@ def predict_subword(model, features: Sequence[SubwordQAFeature], batch_size: int
             preds[f.id] = span_text(f.context, f.offsets, a, b)
     model.train(was_training)
     return preds
+
+
+def subword_step(model, batch: Mapping[str, torch.Tensor]) -> StepOutput:
+    out = model(**batch)
+    return StepOutput(out.loss, int(batch["attention_mask"].sum()))
+
+
+def subword_squad_eval(model, features: Sequence[SubwordQAFeature], max_len: int = 30) -> dict[str, float]:
+    preds = predict_subword(model, features, max_len=max_len)
+    return squad_scores(preds, {f.id: f.answers for f in features})

@@ -14,7 +14,8 @@ so the kernel costs about one elementwise pass: the recurrence is no longer visi
 projection matmul (see benchmarks/bench_sru.md for whole models). How it gets there (csrc/sru_cpu.cpp):
 state in L1, units vectorized with `omp simd` (a branch-free exp, so the sigmoids vectorize), columns
 of (batch, direction, units) split over torch's threads, and time as the outer loop within a thread
-(forward 0.65 vs 0.83 ms and backward 2.0 vs 5.1 ms at L=256 B=8 H=512 against time-innermost).
+(against time-innermost: forward 0.65 vs 0.83 ms at the size above, backward 2.0 vs 5.1 ms at
+L=256 B=8 H=512).
 Backward is a reverse-time loop that recomputes f and r from the saved states c_t (one fp32 tensor
 of h's size) rather than storing them.
 
@@ -40,6 +41,8 @@ _ext: ModuleType | None = None
 _error: str | None = None
 # Tests set this so the kernel pre-fills its outputs with NaN: an element it forgets to write fails.
 poison_outputs = False
+# SRU_LM_NO_CPU_EXT=1 keeps the kernel off (the reference runs instead); read once, at import.
+_disabled = bool(os.environ.get("SRU_LM_NO_CPU_EXT"))
 
 
 def _isa_flags() -> tuple[str, list[str]]:
@@ -65,7 +68,7 @@ def _build_dir(tag: str) -> str:
 
 def _load() -> ModuleType | None:
     global _ext, _error
-    if _ext is not None or _error is not None:
+    if _ext is not None or _error is not None or _disabled:
         return _ext
     with _lock:
         if _ext is None and _error is None:
@@ -90,14 +93,17 @@ def _load() -> ModuleType | None:
 
 
 def available() -> bool:
-    """True when the C++ kernel is built (compiling it on first call, ~1 min, then cached)."""
-    if os.environ.get("SRU_LM_NO_CPU_EXT"):
-        return False
-    return _load() is not None
+    """True when the C++ kernel is built (compiling it on the first call, ~30 s, then cached).
+    Called on every decode step, so it costs a global lookup once the kernel is loaded."""
+    if _ext is not None:
+        return True
+    return not _disabled and _load() is not None
 
 
 def why_unavailable() -> str:
-    if os.environ.get("SRU_LM_NO_CPU_EXT"):
+    if _ext is not None:
+        return ""
+    if _disabled:
         return "disabled by SRU_LM_NO_CPU_EXT"
     _load()
     return _error or ""

@@ -21,6 +21,8 @@ __all__ = [
     "test_fp64_matches_reference",
     "test_some_inputs_without_grad",
     "test_noncontiguous_inputs",
+    "test_arbitrary_padding",
+    "test_wide_hidden",
     "test_final_state_is_last_real_token",
 ]
 
@@ -97,6 +99,23 @@ def test_matches_reference(backend, dtype, bidirectional, k, options, problem, c
         _expected[key] = run(p, None)
     assert got["h"].dtype == dtype and got["c_last"].dtype == torch.float32
     compare(got, _expected[key], dtype, close)
+
+
+def test_arbitrary_padding(backend, problem, close):
+    """Padding anywhere, not only at the end: left-padded rows and random holes."""
+    p = problem(L=40, B=4, H=36, bidirectional=True, k=3, init=True, dropout=True, scale_x=0.8)
+    g = torch.Generator().manual_seed(7)
+    mask = torch.rand(40, 4, generator=g) < 0.3  # holes
+    mask[:25, 0] = True  # row 0 left-padded
+    mask[:, 1] = False  # row 1 unpadded
+    p.mask_pad = mask
+    compare(run(p, backend), run(p, None), torch.float32, close)
+
+
+def test_wide_hidden(backend, problem, close):
+    """H > 256 with a remainder: the kernel's widest columns plus a partial one."""
+    p = problem(L=20, B=2, H=300, bidirectional=False, k=4, **OPTIONS["all"])
+    compare(run(p, backend), run(p, None), torch.float32, close)
 
 
 def test_reference_backend_is_the_spec(problem):

@@ -92,7 +92,7 @@ def official_sru(d: int) -> nn.Module | None:
 # ---- what is timed -------------------------------------------------------------------------------
 
 
-def floor_fns(L: int, B: int, d: int) -> dict[str, Callable[[], object]]:
+def floor_fns(L: int, B: int, d: int, decode_steps: int) -> dict[str, Callable[[], object]]:
     Ws = [torch.randn(d, 3 * d) / d**0.5 for _ in range(NUM_LAYERS)]
     x = torch.randn(L * B, d)
     gU = torch.randn(L * B, 3 * d)
@@ -111,8 +111,9 @@ def floor_fns(L: int, B: int, d: int) -> dict[str, Callable[[], object]]:
             x.T @ gU  # grad of W
 
     def decode():
-        for W in Ws:
-            x1 @ W
+        for _ in range(decode_steps):
+            for W in Ws:
+                x1 @ W
 
     return {"infer": infer, "train": train, "decode": decode}
 
@@ -217,6 +218,7 @@ def machine() -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sizes", nargs="+", default=[f"{L}x{B}x{d}" for L, B, d in SIZES], help="LxBxd ...")
     ap.add_argument("--repeats", type=int, default=15, help="rounds per size (the reference gets a third)")
     ap.add_argument("--decode-steps", type=int, default=50, help="tokens per timed decode call")
     ap.add_argument("--no-reference", action="store_true", help="skip our slow reference loop")
@@ -229,7 +231,7 @@ def main() -> None:
 
     head = machine()
     sections = []
-    for L, B, d in SIZES:
+    for L, B, d in (map(int, size.split("x")) for size in args.sizes):
         models: dict[str, nn.Module] = {}
         off = official_sru(d)
         if off is not None:
@@ -237,7 +239,7 @@ def main() -> None:
         models["nn.LSTM"] = nn.LSTM(d, d, NUM_LAYERS)
         models["nn.GRU"] = nn.GRU(d, d, NUM_LAYERS)
         models["ours, fast path"] = our_sru(d, "cpu" if cpu.available() else "reference")
-        fns = {"floor": floor_fns(L, B, d)}
+        fns = {"floor": floor_fns(L, B, d, args.decode_steps)}
         fns.update({name: model_fns(name, m, L, B, d, args.decode_steps) for name, m in models.items()})
         res: dict[str, dict[str, float | None]] = {name: {} for name in fns}
         for task in ("infer", "train", "decode"):

@@ -162,7 +162,7 @@ def sru_recurrence_cpu(
     D = 2 if bidirectional else 1
     k = U.shape[-1] // (D * v.shape[-1])
     # Casts happen outside the Function so autograd routes the gradients back through them.
-    return SRURecurrenceCPU.apply(
+    args = (
         U.contiguous(),
         x.contiguous() if k == 3 else None,
         v.to(acc).contiguous(),
@@ -173,6 +173,10 @@ def sru_recurrence_cpu(
         bidirectional,
         scale_x,
     )
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
+        return SRURecurrenceCPU.apply(*args)
+    h, c_last, _ = _load().forward(*args, False, poison_outputs)  # inference: no graph, no saved states
+    return h, c_last
 
 
 def sru_step_cpu(

@@ -23,6 +23,7 @@ __all__ = [
     "test_noncontiguous_inputs",
     "test_arbitrary_padding",
     "test_wide_hidden",
+    "test_empty_sequence",
     "test_final_state_is_last_real_token",
 ]
 
@@ -116,6 +117,17 @@ def test_wide_hidden(backend, problem, close):
     """H > 256 with a remainder: the kernel's widest columns plus a partial one."""
     p = problem(L=20, B=2, H=300, bidirectional=False, k=4, **OPTIONS["all"])
     compare(run(p, backend), run(p, None), torch.float32, close)
+
+
+def test_empty_sequence(backend, problem):
+    """L = 0: no outputs, the final state is the initial state, and its gradient passes through."""
+    p = problem(L=1, B=2, H=8, bidirectional=True, init=True)
+    U, x = p.U[:0].detach().requires_grad_(), p.x[:0].detach()
+    h, c = sru_recurrence(U, x, p.v, p.b, p.initial_state, bidirectional=True, backend=backend)
+    assert h.shape == (0, 2, 16)
+    torch.testing.assert_close(c, p.initial_state.detach())
+    g, = torch.autograd.grad(c.sum(), [p.initial_state])
+    torch.testing.assert_close(g, torch.ones_like(g))
 
 
 def test_reference_backend_is_the_spec(problem):

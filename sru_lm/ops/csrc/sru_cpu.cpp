@@ -137,7 +137,7 @@ struct Columns {
   }
 
   // Threads get whole columns; split only when each gets enough work to pay for waking it.
-  int64_t grain(int64_t L) const { return std::max<int64_t>(1, 16384 / (L * w)); }
+  int64_t grain(int64_t L) const { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, L * w)); }
 };
 
 template <typename scalar_t, bool SAVE_C>
@@ -314,7 +314,7 @@ Problem<scalar_t> make_problem(const at::Tensor& U, const c10::optional<at::Tens
   p.B = B;
   p.D = D;
   p.H = H;
-  p.K = U.numel() / std::max<int64_t>(1, L * B * D * H);
+  p.K = U.size(-1) / std::max<int64_t>(1, D * H);
   check(p.K == 3 || p.K == 4, "U must hold 3 or 4 projections per unit");
   check(U.is_contiguous() && v.is_contiguous() && b.is_contiguous(), "inputs must be contiguous");
   check(v.scalar_type() == c10::CppTypeToScalarType<acc_t>::value, "v must be in the state dtype");

@@ -52,6 +52,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--pooling", choices=["max", "mean"], default="max")
     p.add_argument("--dropout", type=float, default=0.4)
     p.add_argument("--lr", type=float, default=2e-3)
+    p.add_argument("--highway-bias", type=float, default=0.0, help="SRU reset-gate bias")
+    p.add_argument("--layer-norm", action="store_true", help="layer norm on every SRU layer's input")
+    p.add_argument("--tag", default="", help="suffix for the run's folder and table rows")
     # the hybrid head
     p.add_argument("--pretrained", default="outputs/main_lm/model", help="pretrained LM folder (for 'hybrid')")
     p.add_argument("--hybrid-lr", type=float, default=3e-4)
@@ -72,6 +75,7 @@ def word_model(args, encoder: str, vocab: Vocab, embeddings: torch.Tensor) -> Se
     config = SentenceClassifierConfig(
         vocab_size=len(vocab), embed_dim=embeddings.shape[1], encoder=encoder, hidden_size=args.hidden,
         num_layers=args.layers, bidirectional=args.bidirectional, pooling=args.pooling, dropout=args.dropout,
+        highway_bias=args.highway_bias, layer_norm=args.layer_norm,
     )
     return SentenceClassifier(config, embeddings)
 
@@ -113,7 +117,7 @@ def main() -> None:
             model, enc, lr = word_model(args, name, vocab, embeddings), ids, args.lr
         steps_per_epoch = math.ceil(len(enc["train"]) / args.batch_size)
         train_config = TrainConfig(
-            output_dir=f"{args.output_dir}/{name}", lr=lr, weight_decay=args.weight_decay,
+            output_dir=f"{args.output_dir}/{name}{args.tag}", lr=lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, max_steps=int(args.epochs * steps_per_epoch), max_minutes=args.minutes,
             eval_every=steps_per_epoch, checkpoint_every_minutes=10.0, resume=False, seed=args.seed,
             clock=args.clock,
@@ -127,7 +131,7 @@ def main() -> None:
         result = Trainer(model, batches, config=train_config, step_fn=classification_step, eval_fn=keep).fit()
         keep.restore(model)
         test_acc = 100 * classification_accuracy(model, enc["test"], labels["test"])
-        final = Path(args.output_dir) / name / "final"
+        final = Path(args.output_dir) / f"{name}{args.tag}" / "final"
         if name == "hybrid":
             model.save_pretrained(final)
             AutoTokenizer.from_pretrained(args.pretrained).save_pretrained(final)
@@ -138,7 +142,7 @@ def main() -> None:
                              key=lambda i: result.history["eval"][i]["val_acc"]) if result.history["eval"] else 0
         rows.append([label_of(name, args), f"{n_params / 1e6:.2f}M", f"{result.train_seconds / 60:.2f}", result.step,
                      f"{result.step / steps_per_epoch:.1f}", f"{tok_s:.0f}", keep.best, test_acc, best_epoch])
-        (Path(args.output_dir) / name / "result.json").write_text(json.dumps(
+        (Path(args.output_dir) / f"{name}{args.tag}" / "result.json").write_text(json.dumps(
             {"val_acc": keep.best, "test_acc": test_acc, "train_seconds": result.train_seconds, "steps": result.step,
              "tokens": result.tokens, "history": result.history["eval"], "saved": str(final)}, indent=2))
         print(f"== {name}: validation {keep.best:.2f}%, test {test_acc:.2f}% after {result.train_seconds / 60:.2f} min")
@@ -165,7 +169,9 @@ def label_of(name: str, args) -> str:
         return f"SRULMForSequenceClassification (fine-tuned from {args.pretrained})"
     if name == "cnn":
         return "Kim CNN (3/4/5 x 100)"
-    return f"{name.upper()} {args.layers}-layer{' bi' if args.bidirectional else ''}, {args.pooling} pool"
+    extra = "".join([f", highway bias {args.highway_bias:g}" if args.highway_bias and name == "sru" else "",
+                     ", layer norm" if args.layer_norm and name == "sru" else ""])
+    return f"{name.upper()} {args.layers}-layer{' bi' if args.bidirectional else ''}, {args.pooling} pool{extra}"
 
 
 def hybrid_model(args, texts: dict[str, list[str]]):

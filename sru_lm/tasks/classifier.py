@@ -32,6 +32,7 @@ class SentenceClassifierConfig:
         dropout: on the embeddings, between recurrent layers, and before the output layer.
         freeze_embeddings: keep the (pretrained) embeddings fixed.
         highway_bias: the SRU reset-gate bias.
+        layer_norm: layer normalization on every SRU layer's input.
     """
 
     vocab_size: int
@@ -47,6 +48,7 @@ class SentenceClassifierConfig:
     dropout: float = 0.3
     freeze_embeddings: bool = False
     highway_bias: float = 0.0
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         tuple_fields(self, "cnn_kernel_sizes")
@@ -83,7 +85,7 @@ class SentenceClassifier(TaskModel):
         else:
             self.encoder = RNNEncoder(
                 config.embed_dim, config.hidden_size, config.num_layers, config.encoder, config.bidirectional,
-                dropout=config.dropout, sru_kwargs={"highway_bias": config.highway_bias},
+                dropout=config.dropout, sru_kwargs={"highway_bias": config.highway_bias, "layer_norm": config.layer_norm},
             )
         self.head = nn.Linear(self.encoder.output_size, config.num_labels)
 

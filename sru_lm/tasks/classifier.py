@@ -85,7 +85,8 @@ class SentenceClassifier(TaskModel):
         else:
             self.encoder = RNNEncoder(
                 config.embed_dim, config.hidden_size, config.num_layers, config.encoder, config.bidirectional,
-                dropout=config.dropout, sru_kwargs={"highway_bias": config.highway_bias, "layer_norm": config.layer_norm},
+                dropout=config.dropout,
+                sru_kwargs={"highway_bias": config.highway_bias, "layer_norm": config.layer_norm},
             )
         self.head = nn.Linear(self.encoder.output_size, config.num_labels)
 

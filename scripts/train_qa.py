@@ -40,6 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dropout", type=float, default=0.3)
     p.add_argument("--tune-top-k", type=int, default=1000, help="fine-tune this many frequent question words")
     p.add_argument("--vectors", choices=["glove", "random"], default="glove")
+    p.add_argument("--layer-norm", action="store_true", help="layer norm on every SRU layer's input")
     # the hybrid LM's QA head (bidirectional), fine-tuned from the pretrained causal LM
     p.add_argument("--pretrained", default="outputs/main_lm/model")
     p.add_argument("--hybrid-lr", type=float, default=5e-4)
@@ -152,7 +153,7 @@ def main() -> None:
         config = DrQAReaderConfig(
             vocab_size=len(vocab), embed_dim=50, rnn_type=name, hidden_size=args.hidden,
             doc_layers=args.doc_layers, question_layers=args.question_layers, dropout=args.dropout,
-            tune_top_k=args.tune_top_k, max_answer_len=args.max_answer_len,
+            tune_top_k=args.tune_top_k, max_answer_len=args.max_answer_len, layer_norm=args.layer_norm,
         )
         model = DrQAReader(config, embeddings)
         train_config = TrainConfig(
@@ -172,7 +173,8 @@ def main() -> None:
                                     dev_scores=scores, train_seconds=result.train_seconds, steps=result.step)
         tok_s = result.tokens / max(result.train_seconds, 1e-9)
         epochs = result.step * args.batch_size / len(train)
-        rows.append([f"DrQA reader, {name.upper()}, {budget:g} min{' (' + args.tag + ')' if args.tag else ''}",
+        ln = ", layer norm" if args.layer_norm and name == "sru" else ""
+        rows.append([f"DrQA reader, {name.upper()}{ln}, {budget:g} min{' (' + args.tag + ')' if args.tag else ''}",
                      f"{model.num_parameters(trainable_only=True) / 1e6:.2f}M", f"{result.train_seconds / 60:.1f}",
                      result.step, f"{epochs:.2f}", f"{tok_s:.0f}", scores["exact_match"], scores["f1"],
                      f"{eval_s:.0f}"])

@@ -36,6 +36,7 @@ class DrQAReaderConfig:
         dropout: on embeddings and every RNN layer's input.
         max_answer_len: longest span, in tokens, at decoding.
         highway_bias: the SRU reset-gate bias.
+        layer_norm: layer normalization on every SRU layer's input (SRU only).
     """
 
     vocab_size: int
@@ -49,6 +50,7 @@ class DrQAReaderConfig:
     tune_top_k: int = 1000
     max_answer_len: int = 15
     highway_bias: float = 0.0
+    layer_norm: bool = False
 
     def __post_init__(self) -> None:
         if self.rnn_type not in RNN_TYPES:
@@ -85,7 +87,7 @@ class DrQAReader(TaskModel):
             embeddings[0] = 0
         self.embed = PartlyTunedEmbedding(config.vocab_size, E, n_tuned, embeddings)
         self.align = nn.Linear(E, E)
-        sru_kwargs = {"highway_bias": config.highway_bias}
+        sru_kwargs = {"highway_bias": config.highway_bias, "layer_norm": config.layer_norm}
         self.doc_rnn = RNNEncoder(E + E + config.num_features, H, config.doc_layers, config.rnn_type, True,
                                   config.dropout, concat_layers=True, sru_kwargs=sru_kwargs)
         self.question_rnn = RNNEncoder(E, H, config.question_layers, config.rnn_type, True,

@@ -110,6 +110,7 @@ def main() -> None:
 
     rows = []
     for name in args.encoders:
+        run = f"{name}-{args.tag}" if args.tag else name
         torch.manual_seed(args.seed)
         if name == "hybrid":
             model, enc, lr = hybrid_model(args, texts)
@@ -117,7 +118,7 @@ def main() -> None:
             model, enc, lr = word_model(args, name, vocab, embeddings), ids, args.lr
         steps_per_epoch = math.ceil(len(enc["train"]) / args.batch_size)
         train_config = TrainConfig(
-            output_dir=f"{args.output_dir}/{name}{args.tag}", lr=lr, weight_decay=args.weight_decay,
+            output_dir=f"{args.output_dir}/{run}", lr=lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, max_steps=int(args.epochs * steps_per_epoch), max_minutes=args.minutes,
             eval_every=steps_per_epoch, checkpoint_every_minutes=10.0, resume=False, seed=args.seed,
             clock=args.clock,
@@ -131,7 +132,7 @@ def main() -> None:
         result = Trainer(model, batches, config=train_config, step_fn=classification_step, eval_fn=keep).fit()
         keep.restore(model)
         test_acc = 100 * classification_accuracy(model, enc["test"], labels["test"])
-        final = Path(args.output_dir) / f"{name}{args.tag}" / "final"
+        final = Path(args.output_dir) / f"{run}" / "final"
         if name == "hybrid":
             model.save_pretrained(final)
             AutoTokenizer.from_pretrained(args.pretrained).save_pretrained(final)
@@ -142,7 +143,7 @@ def main() -> None:
                              key=lambda i: result.history["eval"][i]["val_acc"]) if result.history["eval"] else 0
         rows.append([label_of(name, args), f"{n_params / 1e6:.2f}M", f"{result.train_seconds / 60:.2f}", result.step,
                      f"{result.step / steps_per_epoch:.1f}", f"{tok_s:.0f}", keep.best, test_acc, best_epoch])
-        (Path(args.output_dir) / f"{name}{args.tag}" / "result.json").write_text(json.dumps(
+        (Path(args.output_dir) / f"{run}" / "result.json").write_text(json.dumps(
             {"val_acc": keep.best, "test_acc": test_acc, "train_seconds": result.train_seconds, "steps": result.step,
              "tokens": result.tokens, "history": result.history["eval"], "saved": str(final)}, indent=2))
         print(f"== {name}: validation {keep.best:.2f}%, test {test_acc:.2f}% after {result.train_seconds / 60:.2f} min")

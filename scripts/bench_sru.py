@@ -230,6 +230,7 @@ def main() -> None:
         print(f"warning: the CPU fast path is unavailable ({cpu.why_unavailable()})", file=sys.stderr)
 
     head = machine()
+    load_at_start = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
     sections = []
     for L, B, d in (map(int, size.split("x")) for size in args.sizes):
         models: dict[str, nn.Module] = {}
@@ -270,6 +271,9 @@ def main() -> None:
             f"- command: `python {' '.join(sys.argv)}`",
             "- times: medians; ratios are row / column (below 1 = faster). Floors as defined in "
             "`scripts/bench_sru.py`.",
+            *(["- **busy machine**: other jobs were running (load average above the thread count), so "
+               "absolute times are inflated and ratios noisy; re-run on a quiet machine."]
+              if load_at_start > args.threads else []),
             "",
             *[s + "\n" for s in sections],
         ])

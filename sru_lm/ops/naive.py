@@ -39,24 +39,29 @@ def sru_recurrence_ref(
         c0 = initial_state.to(acc).view(B, D, H)
     pad = None if mask_pad is None else mask_pad.view(L, B, 1).bool()
 
+    # Slice per step from lists (unbind), not by indexing the big tensors inside the loop: autograd
+    # would otherwise fill a zero tensor the size of U for every step's gradient (quadratic in L).
+    u0s, ufs, urs = (Uv[:, :, :, g].unbind(0) for g in range(3))  # L x (B, D, H)
+    xps = xp.unbind(0)
+    pads = None if pad is None else pad.unbind(0)
     h_dirs, c_dirs = [], []
     for d in range(D):
         c = c0[:, d]  # (B, H)
         hs: list[torch.Tensor] = [None] * L  # type: ignore[list-item]
         steps = range(L - 1, -1, -1) if d == 1 else range(L)
         for t in steps:
-            u0, uf, ur = Uv[t, :, d, 0], Uv[t, :, d, 1], Uv[t, :, d, 2]
+            u0, uf, ur = u0s[t][:, d], ufs[t][:, d], urs[t][:, d]
             f = torch.sigmoid(uf + vf[d] * c + bf[d])
             r = torch.sigmoid(ur + vr[d] * c + br[d])
             c_new = f * c + (1 - f) * u0
-            xt = xp[t, :, d]
+            xt = xps[t][:, d]
             gated = r * (c_new - xt)
             if m is not None:
                 gated = gated * m[:, d]
             h = gated + xt
-            if pad is not None:
-                c_new = torch.where(pad[t], c, c_new)
-                h = torch.where(pad[t], torch.zeros_like(h), h)
+            if pads is not None:
+                c_new = torch.where(pads[t], c, c_new)
+                h = torch.where(pads[t], torch.zeros_like(h), h)
             c = c_new
             hs[t] = h
         h_dirs.append(torch.stack(hs))  # (L, B, H)

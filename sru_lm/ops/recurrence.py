@@ -12,6 +12,8 @@ from .naive import sru_recurrence_ref
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("reference", "cpu", "triton")
+# Read once: select_backend runs on every decode step, and an environment lookup is not free.
+ENV_BACKEND = os.environ.get("SRU_LM_BACKEND") or None
 _warned: set[str] = set()
 
 
@@ -82,9 +84,9 @@ def check_recurrence_inputs(
 
 
 def select_backend(U: torch.Tensor, backend: str | None = None) -> str:
-    """Pick the backend: an explicit ``backend`` (or env ``SRU_LM_BACKEND``) wins; else triton on CUDA
+    """Pick the backend: an explicit ``backend`` (or env ``SRU_LM_BACKEND``, read at import) wins; else triton on CUDA
     when importable, the CPU fast path on CPU, the reference otherwise. A fallback is logged once."""
-    backend = backend or os.environ.get("SRU_LM_BACKEND") or None
+    backend = backend or ENV_BACKEND
     if backend is not None:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from . import cpu
+from . import recurrence as _rec
 from .naive import state_dtype
 from .recurrence import _shape, select_backend
 
@@ -70,12 +72,13 @@ def sru_step(
         )
     if dropout_mask is not None and dropout_mask.shape != (B, H):
         raise ValueError(f"dropout_mask must have shape (B, H)={(B, H)}, got {_shape(dropout_mask)}")
-    which = select_backend(U, backend)
-    if which == "cpu" and U.dtype != torch.float64:
-        from .cpu import sru_step_cpu, step_available
-
-        if step_available():
-            return sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, float(scale_x))
+    # The common decode case goes straight to the C++ step: per-call overhead dominates one token.
+    if backend is None and _rec.ENV_BACKEND is None and U.device.type == "cpu" and cpu.step_available():
+        which = "cpu"
+    else:
+        which = select_backend(U, backend)
+    if which == "cpu" and U.dtype != torch.float64 and cpu.step_available():
+        return cpu.sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, float(scale_x))
     if which == "triton" and U.dtype != torch.float64:  # the kernel computes in fp32
         from .triton_backend import sru_step_triton
 

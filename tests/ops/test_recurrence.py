@@ -290,17 +290,21 @@ def test_k4_needs_no_x():
 
 @needs_cpu
 def test_cpu_is_chosen_on_cpu(monkeypatch):
-    monkeypatch.delenv("SRU_LM_BACKEND", raising=False)
+    from sru_lm.ops import recurrence
+
+    monkeypatch.setattr(recurrence, "ENV_BACKEND", None)
     assert select_backend(torch.zeros(1)) == "cpu"
     assert select_backend(torch.zeros(1), "reference") == "reference"
-    monkeypatch.setenv("SRU_LM_BACKEND", "reference")
+    monkeypatch.setattr(recurrence, "ENV_BACKEND", "reference")  # SRU_LM_BACKEND, as read at import
     assert select_backend(torch.zeros(1)) == "reference"
     with pytest.raises(ValueError, match="backend"):
         select_backend(torch.zeros(1), "fast")
 
 
 def test_fallback_is_logged_once(monkeypatch, caplog):
-    monkeypatch.delenv("SRU_LM_BACKEND", raising=False)
+    from sru_lm.ops import recurrence
+
+    monkeypatch.setattr(recurrence, "ENV_BACKEND", None)
     monkeypatch.setattr(cpu, "available", lambda: False)
     monkeypatch.setattr(cpu, "why_unavailable", lambda: "no compiler (test)")
     monkeypatch.setattr(recurrence, "_warned", set())

@@ -42,7 +42,8 @@ def main() -> None:
     add_train_args(p)
     p.add_argument("--minutes", type=float, default=12.0, help="training-time budget per model")
     p.add_argument("--models", default="hybrid,gpt2,lstm")
-    p.add_argument("--lrs", default="hybrid=2e-3,gpt2=2e-3,lstm=2e-3", help="per-model peak learning rate")
+    p.add_argument("--lrs", default="hybrid=8e-3,gpt2=4e-3,lstm=1.6e-2",
+                   help="per-model peak learning rate (defaults: best of the sweep in compare_lm_lr_sweep.md)")
     p.add_argument("--gpt2-layers", type=int, default=4)
     p.add_argument("--gpt2-heads", type=int, default=4)
     p.add_argument("--lstm-layers", type=int, default=2)

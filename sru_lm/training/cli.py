@@ -35,14 +35,19 @@ def add_model_args(p: argparse.ArgumentParser, hidden: int = 256, layers: int = 
     g.add_argument("--dropout", type=float, default=0.0)
 
 
-def add_train_args(p: argparse.ArgumentParser, minutes: float | None = None, lr: float = 2e-3) -> None:
+# Peak learning rate of the default hybrid (d=256, 6 layers, 16 x 128-token batches): the best of
+# 1e-3, 2e-3, 4e-3, 8e-3, 1.6e-2 in 3-minute runs (benchmarks/compare_lm.md lists the sweep).
+DEFAULT_LR = 8e-3
+
+
+def add_train_args(p: argparse.ArgumentParser, minutes: float | None = None, lr: float = DEFAULT_LR) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--batch-size", type=int, default=16, help="rows per process per micro-batch")
     g.add_argument("--seq-len", type=int, default=128, help="tokens per segment (the BPTT length)")
     g.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=True,
                    help="carry the detached recurrent state across a row's consecutive segments")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "radam"])
-    g.add_argument("--lr", type=float, default=lr)
+    g.add_argument("--lr", type=float, default=lr, help="peak learning rate (default tuned for the default size)")
     g.add_argument("--weight-decay", type=float, default=0.1)
     g.add_argument("--warmup-steps", type=int, default=50)
     g.add_argument("--min-lr-ratio", type=float, default=0.1)

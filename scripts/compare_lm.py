@@ -26,6 +26,7 @@ from sru_lm.training.cli import (
     add_train_args,
     apply_threads,
     command_line,
+    lm_train_kwargs,
     machine_description,
     now,
     train_config,
@@ -81,10 +82,7 @@ def main() -> None:
         model = build_sru_lm(data.tokenizer, **hybrid_kwargs) if name == "hybrid" else peers[name][0]
         config = train_config(args, str(Path(args.work_dir) / name), lr=lrs[name], max_minutes=args.minutes)
         print(f"== {name}: {descriptions[name]}, {count_parameters(model):,} parameters, lr {lrs[name]:g}", flush=True)
-        trainer, result = train_language_model(
-            model, data, config, batch_size=args.batch_size, seq_len=args.seq_len, carry_state=args.carry_state,
-            val_tokens_per_book=args.val_tokens_per_book,
-        )
+        trainer, result = train_language_model(model, data, config, **lm_train_kwargs(args))
         model = trainer.unwrapped_model
         run = Run(name, descriptions[name], count_parameters(model), embedding_parameters(model), lrs[name],
                   result.step, result.tokens, result.train_seconds, result.history["eval"])
@@ -100,16 +98,20 @@ def main() -> None:
     notes = [
         f"Data: {data.source}, split by book; tokenizer: byte-level BPE, {V} tokens, trained on the train split. "
         f"Train {data.summary()['train']['tokens']:,} tokens; validation {data.summary()['validation']['tokens']:,}.",
-        f"Batches: {args.batch_size} rows x {args.seq_len} tokens, each row a contiguous stretch of a book; "
-        f"recurrent state carried across segments: {args.carry_state} (hybrid SRU state, LSTM (h, c)).",
+        f"Batches: {args.batch_size} rows x {args.seq_len} tokens; the books are cut into {args.piece_tokens}-token "
+        "pieces dealt to the rows in a seeded random order, a row reads its piece segment by segment; recurrent "
+        f"state carried across a piece's segments: {args.carry_state} (hybrid SRU state, LSTM (h, c)), zero at "
+        "each piece start. Same batches in the same order for every model.",
         f"Every model: AdamW, weight decay {args.weight_decay}, {args.warmup_steps} warmup steps, cosine to "
-        f"{args.min_lr_ratio} x lr over its {args.minutes:g}-minute budget, clip {args.clip}, no dropout, fp32.",
+        f"{args.min_lr_ratio} x lr over its {args.minutes:g}-minute budget, clip {args.clip}, no dropout, fp32; "
+        "peak lr per model from the sweep in compare_lm_lr_sweep.md.",
         f"Budget clock: {args.clock} ({'CPU time of the training process' if args.clock == 'process' else 'wall'}); "
         "evaluation time excluded.",
-        f"'During training': first {args.val_tokens_per_book} tokens of each validation book, windows of "
-        f"{args.seq_len} tokens without carried state, every {args.eval_every_minutes:g} min. 'Full split': all "
-        f"validation tokens; sliding window context {args.seq_len}, stride {args.seq_len // 2}; streaming = "
-        f"{args.seq_len}-token windows with the recurrent state carried through each book.",
+        f"'During training': first {args.val_tokens_per_book} tokens of each validation book, {args.eval_mode} "
+        f"evaluation with {args.seq_len}-token windows (sliding: stride {args.seq_len // 2}, no state crosses "
+        f"windows), every {args.eval_every_minutes:g} min. 'Full split': all validation tokens; sliding window "
+        f"context {args.seq_len}, stride {args.seq_len // 2}; streaming = {args.seq_len}-token windows with the "
+        "recurrent state carried through each book.",
     ]
     md, png = write_report(runs, args.out, command=command_line(), machine=machine_description(), date=now(),
                            notes=notes)

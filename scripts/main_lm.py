@@ -22,7 +22,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import sru_lm  # noqa: F401  (registers the SRU++ model with the Auto classes)
-from sru_lm.training.cli import add_data_args, add_model_args, add_train_args, apply_threads, train_config
+from sru_lm.training.cli import (
+    add_data_args,
+    add_model_args,
+    add_train_args,
+    apply_threads,
+    lm_train_kwargs,
+    train_config,
+)
 from sru_lm.training.lm import evaluate_sliding, evaluate_streaming
 from sru_lm.training.pipeline import (
     build_sru_lm,
@@ -59,10 +66,7 @@ def main() -> None:
         data.tokenizer, hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
         projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
     )
-    trainer, result = train_language_model(
-        model, data, train_config(args, str(out)), batch_size=args.batch_size, seq_len=args.seq_len,
-        carry_state=args.carry_state, val_tokens_per_book=args.val_tokens_per_book,
-    )
+    trainer, result = train_language_model(model, data, train_config(args, str(out)), **lm_train_kwargs(args))
     model = trainer.unwrapped_model
 
     print("3/5 saving and reloading with the Auto classes", flush=True)

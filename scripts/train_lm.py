@@ -15,7 +15,14 @@ import argparse
 import logging
 from pathlib import Path
 
-from sru_lm.training.cli import add_data_args, add_model_args, add_train_args, apply_threads, train_config
+from sru_lm.training.cli import (
+    add_data_args,
+    add_model_args,
+    add_train_args,
+    apply_threads,
+    lm_train_kwargs,
+    train_config,
+)
 from sru_lm.training.pipeline import build_sru_lm, prepare_lm_data, save_lm, train_language_model, write_json
 
 
@@ -38,10 +45,7 @@ def main() -> None:
         projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
     )
     config = train_config(args, args.output_dir)
-    trainer, result = train_language_model(
-        model, data, config, batch_size=args.batch_size, seq_len=args.seq_len, carry_state=args.carry_state,
-        val_tokens_per_book=args.val_tokens_per_book,
-    )
+    trainer, result = train_language_model(model, data, config, **lm_train_kwargs(args))
     if trainer.accelerator.is_main_process:
         out = Path(args.output_dir)
         save_lm(trainer.unwrapped_model, data.tokenizer, out / "model")

@@ -46,6 +46,8 @@ def add_train_args(p: argparse.ArgumentParser, minutes: float | None = None, lr:
     g.add_argument("--seq-len", type=int, default=128, help="tokens per segment (the BPTT length)")
     g.add_argument("--carry-state", action=argparse.BooleanOptionalAction, default=True,
                    help="carry the detached recurrent state across a row's consecutive segments")
+    g.add_argument("--piece-tokens", type=int, default=2048,
+                   help="cut books into pieces of this many tokens; the state starts from zero at each (0: ~170k)")
     g.add_argument("--optimizer", default="adamw", choices=["adamw", "radam"])
     g.add_argument("--lr", type=float, default=lr, help="peak learning rate (default tuned for the default size)")
     g.add_argument("--weight-decay", type=float, default=0.1)
@@ -62,11 +64,20 @@ def add_train_args(p: argparse.ArgumentParser, minutes: float | None = None, lr:
     g.add_argument("--eval-every", type=int, default=0, help="validate every n optimizer steps")
     g.add_argument("--eval-every-minutes", type=float, default=1.0)
     g.add_argument("--val-tokens-per-book", type=int, default=16384, help="validation subset during training")
+    g.add_argument("--eval-mode", default="sliding", choices=["sliding", "streaming", "windows"],
+                   help="validation during training: sliding windows (stride half the window) or state carried/reset")
     g.add_argument("--checkpoint-every-minutes", type=float, default=2.0)
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     g.add_argument("--no-progress", action="store_true")
+
+
+def lm_train_kwargs(args: argparse.Namespace) -> dict:
+    """The ``train_language_model`` keywords the training flags set."""
+    return dict(batch_size=args.batch_size, seq_len=args.seq_len, carry_state=args.carry_state,
+                piece_tokens=args.piece_tokens or None, val_tokens_per_book=args.val_tokens_per_book,
+                eval_mode=args.eval_mode)
 
 
 def train_config(args: argparse.Namespace, output_dir: str | None, **overrides) -> TrainConfig:

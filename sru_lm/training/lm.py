@@ -337,15 +337,27 @@ def make_eval_fn(
     streams: Sequence[np.ndarray],
     num_bytes: int,
     *,
+    mode: str = "sliding",
     window: int = 512,
     batch_size: int = 8,
-    carry: bool = False,
     prefix: str = "val_",
 ) -> Callable[[nn.Module], dict[str, float]]:
-    """A trainer ``eval_fn``: :func:`evaluate_streaming` on ``streams`` -> ``{val_loss, val_bits_per_byte, ...}``."""
+    """A trainer ``eval_fn`` -> ``{val_loss, val_bits_per_byte, ...}`` on ``streams``.
+
+    ``mode``: ``"sliding"`` (:func:`evaluate_sliding`, context ``window``, stride ``window // 2``: every
+    target has at least half a window of context and no model family gets state the others lack),
+    ``"streaming"`` (state carried through each stream) or ``"windows"`` (state reset every window).
+    """
+    if mode not in ("sliding", "streaming", "windows"):
+        raise ValueError(f"mode must be 'sliding', 'streaming' or 'windows', got {mode!r}")
 
     def eval_fn(model: nn.Module) -> dict[str, float]:
-        score = evaluate_streaming(model, streams, num_bytes, window=window, batch_size=batch_size, carry=carry)
+        if mode == "sliding":
+            score = evaluate_sliding(model, streams, num_bytes, context=window, stride=max(1, window // 2),
+                                     batch_size=batch_size)
+        else:
+            score = evaluate_streaming(model, streams, num_bytes, window=window, batch_size=batch_size,
+                                       carry=mode == "streaming")
         return score.as_dict(prefix)
 
     return eval_fn

@@ -175,29 +175,35 @@ def train_language_model(
     batch_size: int = 16,
     seq_len: int = 128,
     carry_state: bool = True,
+    piece_tokens: int | None = 2048,
     val_tokens_per_book: int | None = 16384,
     eval_window: int | None = None,
-    eval_carry: bool = False,
+    eval_mode: str = "sliding",
     eval_batch_size: int = 8,
 ) -> tuple[Trainer, TrainResult]:
     """Train ``model`` on ``data``'s train split with the shared loop; validate on the validation split.
 
-    Training: ``batch_size`` rows per process, each reading its own contiguous stretch of a book
-    ``seq_len`` tokens at a time (``SegmentBatcher``, re-dealt in a seeded order each epoch), the
-    recurrent state carried between a row's segments when ``carry_state``. Processes get disjoint rows.
+    Training: the books are cut into pieces of ``piece_tokens`` tokens (None: one piece per row's
+    even share of the corpus), dealt to ``batch_size`` rows per process in a seeded random order each
+    epoch; a row reads its piece ``seq_len`` tokens at a time, the recurrent state carried between
+    the piece's segments when ``carry_state`` and zeroed where the next piece starts. Short pieces
+    matter: with a row's state reset only every ~170k tokens the model forgets how to start from zero
+    state (as in a prompt or a sliding window) and a row's batches drift with its book's local topic.
+    Processes get disjoint rows.
 
-    Validation: the first ``val_tokens_per_book`` tokens of each validation book (None: all), read in
-    ``eval_window``-token windows (default ``seq_len``), the state carried across windows only with
-    ``eval_carry`` (default off, which treats every model family alike).
+    Validation (every ``eval_every``/``eval_every_minutes`` and at the end): the first
+    ``val_tokens_per_book`` tokens of each validation book (None: all), ``eval_mode`` (see
+    :func:`~sru_lm.training.lm.make_eval_fn`) with windows of ``eval_window`` tokens (default ``seq_len``).
     """
     acc = make_accelerator(config)
     batcher = SegmentBatcher(
         data.streams["train"], batch_size, seq_len, pad_id=data.tokenizer.pad_token_id or 0, shuffle=True,
-        seed=config.seed, num_shards=acc.num_processes, shard_index=acc.process_index,
+        max_stream_len=piece_tokens + 1 if piece_tokens else None, seed=config.seed,
+        num_shards=acc.num_processes, shard_index=acc.process_index,
     )
     val_streams, val_bytes = head_of_streams(data.streams["validation"], data.tokenizer, val_tokens_per_book)
     eval_fn = make_eval_fn(
-        val_streams, val_bytes, window=eval_window or seq_len, batch_size=eval_batch_size, carry=eval_carry
+        val_streams, val_bytes, mode=eval_mode, window=eval_window or seq_len, batch_size=eval_batch_size
     )
     step = LMStep(adapter_for(model), carry_state=carry_state)
     trainer = Trainer(model, segment_batches(batcher), config, step_fn=step, eval_fn=eval_fn, accelerator=acc)

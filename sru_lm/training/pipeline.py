@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -180,6 +181,7 @@ def train_language_model(
     eval_window: int | None = None,
     eval_mode: str = "sliding",
     eval_batch_size: int = 8,
+    callbacks: Sequence[Callable[[Trainer], bool | None]] = (),
 ) -> tuple[Trainer, TrainResult]:
     """Train ``model`` on ``data``'s train split with the shared loop; validate on the validation split.
 
@@ -194,6 +196,7 @@ def train_language_model(
     Validation (every ``eval_every``/``eval_every_minutes`` and at the end): the first
     ``val_tokens_per_book`` tokens of each validation book (None: all), ``eval_mode`` (see
     :func:`~sru_lm.training.lm.make_eval_fn`) with windows of ``eval_window`` tokens (default ``seq_len``).
+    ``callbacks`` go to the :class:`Trainer`.
     """
     acc = make_accelerator(config)
     batcher = SegmentBatcher(
@@ -206,7 +209,8 @@ def train_language_model(
         val_streams, val_bytes, mode=eval_mode, window=eval_window or seq_len, batch_size=eval_batch_size
     )
     step = LMStep(adapter_for(model), carry_state=carry_state)
-    trainer = Trainer(model, segment_batches(batcher), config, step_fn=step, eval_fn=eval_fn, accelerator=acc)
+    trainer = Trainer(model, segment_batches(batcher), config, step_fn=step, eval_fn=eval_fn, callbacks=callbacks,
+                      accelerator=acc)
     return trainer, trainer.fit()
 
 

@@ -28,20 +28,8 @@ def train(lm_data, tmp_path, model=None, callbacks=(), **overrides):
                     checkpoint_every_minutes=None, eval_every_minutes=None, progress_bar=False)
     settings.update(overrides)
     model = model or tiny(lm_data.tokenizer)
-    config = TrainConfig(**settings)
-    from sru_lm.training import trainer as trainer_module
-
-    original = trainer_module.Trainer.__init__
-
-    def with_callbacks(self, *a, **k):  # train_language_model builds the Trainer; hand it our callbacks
-        original(self, *a, **k)
-        self.callbacks = list(callbacks)
-
-    trainer_module.Trainer.__init__ = with_callbacks
-    try:
-        return train_language_model(model, lm_data, config, batch_size=4, seq_len=16, val_tokens_per_book=64)
-    finally:
-        trainer_module.Trainer.__init__ = original
+    return train_language_model(model, lm_data, TrainConfig(**settings), batch_size=4, seq_len=16,
+                                val_tokens_per_book=64, callbacks=callbacks)
 
 
 def test_corpus_split_and_tokenizer_round_trip(lm_data, corpus_dir, tmp_path):

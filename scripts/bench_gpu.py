@@ -329,7 +329,8 @@ def time_official(L, B, d, dtype, sru) -> dict:
         r["official vs ours max |dh|"] = (h_off - h_ours).abs().max().item()
     amp = dtype != torch.float32
     cell = sru.SRUCell(d, d, amp_recurrence_fp16=amp).to(DEVICE)
-    xin = torch.randn(L, B, d, device=DEVICE).requires_grad_()
+    # amp: fp16 input, as its highway term must match the fp16 U inside the official kernel
+    xin = torch.randn(L, B, d, device=DEVICE, dtype=torch.float16 if amp else torch.float32).requires_grad_()
     gh = torch.randn(L, B, d, device=DEVICE)
     ctx = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else contextlib.nullcontext
 

@@ -151,7 +151,7 @@ class SRUCell(nn.Module):
         U = self.compute_U(x)  # (L, B, D*k*H)
         h, c = sru_recurrence(
             U,
-            residual if self.k == 3 else None,
+            residual.to(U.dtype) if self.k == 3 else None,  # under autocast U is bf16/fp16, the input may be fp32
             self.weight_c,
             self.bias,
             initial_state=c0,
@@ -181,7 +181,7 @@ class SRUCell(nn.Module):
             x = self.layer_norm(x)
         U = self.compute_U(x)  # (B, k*H)
         h, c = sru_step(
-            U, residual if self.k == 3 else None, self.weight_c, self.bias, c, mask_pad,
+            U, residual.to(U.dtype) if self.k == 3 else None, self.weight_c, self.bias, c, mask_pad,
             self._dropout_mask(x.shape[0], U), self.scale_x, self.backend,
         )
         if self.layer_norm is not None and self.normalize_after:

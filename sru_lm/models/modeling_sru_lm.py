@@ -191,6 +191,7 @@ class SRULMLayer(GradientCheckpointingLayer):
             keep = 1.0 - self.dropout
             dropout_mask = U.new_empty(B, d).bernoulli_(keep).div_(keep)
         c0 = None if cache is None else cache.c
+        x = x.to(U.dtype)  # the highway input: under autocast U comes out of out_proj in bf16/fp16
         if c0 is not None and L == 1 and not self.bidirectional:
             h, c = sru_step(
                 U[0], x[0], self.weight_c, self.bias, c0,

@@ -88,7 +88,9 @@ def _cell(c, u0, uf, ur, vf, vr, bf, br):
     return f, r, c_new
 
 
-@triton.jit
+# L and B vary from batch to batch (bucketed text): specializing on them (divisibility by 16) would
+# compile every kernel again the first time a new kind of length arrives, seconds each on a GPU.
+@triton.jit(do_not_specialize=["L", "B"])
 def _sru_fwd_kernel(
     p_U, p_x, p_v, p_b, p_c0, p_pad, p_m,
     p_h, p_c_last, p_c_saved,
@@ -149,7 +151,7 @@ def _sru_fwd_kernel(
     tl.store(p_c_last + col, c, mask=mask_h)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "B"])
 def _sru_bwd_kernel(
     p_dh, p_dc_last, p_U, p_x, p_v, p_b, p_pad, p_m, p_c_saved,
     p_dU, p_dx, p_dvb, p_dc0,

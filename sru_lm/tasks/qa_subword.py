@@ -19,7 +19,7 @@ from ..data.squad import Offsets, char_to_token_span, span_text
 from ..eval.metrics import squad_scores
 from ..training import StepOutput
 from .spans import decode_spans
-from .training import pad_ids
+from .training import pad_ids, to_model_device
 
 
 @dataclass
@@ -77,10 +77,10 @@ def predict_subword(model, features: Sequence[SubwordQAFeature], batch_size: int
     for s in range(0, len(features), batch_size):
         chunk = features[s : s + batch_size]
         batch = subword_collate(chunk, with_answers=False)
-        out = model(**batch)
+        out = model(**to_model_device(model, batch))
         L = batch["input_ids"].shape[1]
         context = torch.tensor([[i < len(f.offsets) and f.offsets[i] is not None for i in range(L)] for f in chunk])
-        starts, ends, _ = decode_spans(out.start_logits, out.end_logits, context, max_len)
+        starts, ends, _ = decode_spans(out.start_logits.float().cpu(), out.end_logits.float().cpu(), context, max_len)
         for f, a, b in zip(chunk, starts.tolist(), ends.tolist(), strict=True):
             preds[f.id] = span_text(f.context, f.offsets, a, b)
     model.train(was_training)

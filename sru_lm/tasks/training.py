@@ -58,6 +58,12 @@ def classification_step(model: nn.Module, batch: Mapping[str, torch.Tensor]) -> 
     return StepOutput(out.loss, int(batch["attention_mask"].sum()))
 
 
+def to_model_device(model: nn.Module, batch: Mapping[str, object]) -> dict[str, object]:
+    """``batch`` with its tensors on the device of ``model``'s parameters (evaluation runs outside the loop)."""
+    device = next(model.parameters()).device
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 @torch.no_grad()
 def predict_labels(model: nn.Module, ids: Sequence[Sequence[int]], batch_size: int = 256) -> list[int]:
     was_training = model.training
@@ -67,7 +73,7 @@ def predict_labels(model: nn.Module, ids: Sequence[Sequence[int]], batch_size: i
     for idx in bucketed_batches([len(s) for s in ids], batch_size, shuffle=False):
         batch = collate(idx)
         del batch["labels"]
-        for i, p in zip(idx, model(**batch).logits.argmax(-1).tolist(), strict=True):
+        for i, p in zip(idx, model(**to_model_device(model, batch)).logits.argmax(-1).tolist(), strict=True):
             preds[i] = p
     model.train(was_training)
     return preds
@@ -98,8 +104,8 @@ def predict_answers(
     plain.with_answers = False
     for idx in bucketed_batches([len(f.context_tokens) for f in features], batch_size, shuffle=False):
         batch = [features[i] for i in idx]
-        out = model(**plain(batch))
-        starts, ends, _ = decode_spans(out.start_logits, out.end_logits, None, max_len)
+        out = model(**to_model_device(model, plain(batch)))
+        starts, ends, _ = decode_spans(out.start_logits.float().cpu(), out.end_logits.float().cpu(), None, max_len)
         for f, s, e in zip(batch, starts.tolist(), ends.tolist(), strict=True):
             preds[f.id] = f.context[f.offsets[s][0] : f.offsets[e][1]]
     model.train(was_training)

@@ -107,6 +107,29 @@ def test_step_equals_full_forward(input_size, layer_norm):
     torch.testing.assert_close(c, c_n, **TOL)
 
 
+@pytest.mark.parametrize("input_size", [8, 12])  # k=4, and k=3 where the fp32 input is the highway term
+def test_autocast_bf16_forward_backward_and_step_follow_fp32(input_size):
+    """Under autocast the projection gives bf16 U while the input stays fp32: the layer runs in U's dtype and
+    agrees with the fp32 layer to bf16 accuracy (found on a GPU, where mixed precision is the default)."""
+    torch.manual_seed(5)
+    rnn = SRU(input_size, 12, num_layers=2, highway_bias=-1.0)
+    x = torch.randn(9, 3, input_size, requires_grad=True)
+    out, c = rnn(x)
+    out.square().sum().backward()
+    g_ref = x.grad.clone()
+    x.grad = None
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_bf, c_bf = rnn(x)
+        h_step, _ = rnn.eval().step(x[0], torch.zeros(2, 3, 12))
+    rnn.train()
+    assert out_bf.dtype == torch.bfloat16 and c_bf.dtype == torch.float32
+    torch.testing.assert_close(out_bf.float(), out, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(c_bf, c, atol=5e-2, rtol=5e-2)
+    torch.testing.assert_close(h_step.float(), out[0].detach(), atol=5e-2, rtol=5e-2)
+    out_bf.float().square().sum().backward()
+    torch.testing.assert_close(x.grad, g_ref, atol=0.1, rtol=0.1)
+
+
 def test_module_learns_a_sequence_task():
     """Predict the first token of the sequence at every step: it needs memory across the sequence
     (the forget gate must learn to hold c); chance level is ln 2 ~ 0.69."""

@@ -143,6 +143,24 @@ def test_causal_lm_shapes_and_loss():
     torch.testing.assert_close(loss, out.loss)
 
 
+def test_autocast_bf16_training_step_and_cached_decoding_follow_fp32():
+    """Mixed precision (the trainer's default on a GPU): the SRU highway input is fp32 while U comes out of
+    a bf16 matmul; the model must run, and agree with fp32 to bf16 accuracy, prefill and decode alike."""
+    model = _causal_lm()
+    ids = torch.randint(1, VOCAB, (2, 10))
+    ref = model(ids, labels=ids)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(ids, labels=ids)
+        prefill = model(ids[:, :-1], use_cache=True)
+        step = model(ids[:, -1:], past_key_values=prefill.past_key_values, use_cache=True)
+    torch.testing.assert_close(out.logits.float(), ref.logits, atol=0.1, rtol=0.05)
+    torch.testing.assert_close(step.logits[:, -1].float(), ref.logits[:, -1], atol=0.1, rtol=0.05)
+    assert abs(out.loss.item() - ref.loss.item()) < 0.02
+    out.loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
 def test_untied_head():
     model = SRULMForCausalLM(tiny_config(tie_word_embeddings=False))
     assert model.lm_head.weight is not model.model.embed_tokens.weight

@@ -158,7 +158,7 @@ def main() -> None:
              f"after each epoch, the best epoch's weights scored on test. Word models: {vectors}; {args.layers} layers "
              f"of {args.hidden} units per direction{directions}, {args.pooling} pooling, dropout {args.dropout}; "
              f"CNN: widths 3/4/5 x 100 maps. AdamW lr {args.lr}. Training time is {clock} with "
-             f"{torch.get_num_threads()} thread(s), evaluation excluded; the 2 cores were shared with other jobs.")
+             f"{torch.get_num_threads()} thread(s), evaluation excluded.")
     cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "val acc", "test acc",
             "best epoch"]
     path = append_results(args.results, f"{args.dataset.upper()} sentiment classification", cols, rows, notes)

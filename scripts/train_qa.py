@@ -193,7 +193,7 @@ def main() -> None:
              f"Hidden {args.hidden} per direction, {args.doc_layers}+{args.question_layers} bidirectional layers, "
              f"batch {args.batch_size}, AdamW lr {args.lr}, cosine to the time budget. Training time is "
              f"{'this process CPU time' if args.clock == 'process' else 'wall time'} with {torch.get_num_threads()} "
-             "thread(s), evaluation excluded; the 2 cores were shared with other jobs.")
+             "thread(s), evaluation excluded.")
     cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "EM", "F1", "eval s"]
     path = append_results(args.results, "SQuAD v1.1 dev, DrQA-style readers", cols, rows, notes)
     print(f"results appended to {path}")

@@ -9,9 +9,6 @@ from __future__ import annotations
 import copy
 import datetime
 import os
-import platform
-import shlex
-import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -20,6 +17,7 @@ from torch import nn
 
 from ..eval.metrics import accuracy, squad_scores
 from ..training import EpochBatches, StepOutput
+from ..training.cli import command_line, machine_description
 from .qa_data import QACollator, QAFeature, bucketed_batches
 from .spans import decode_spans
 
@@ -146,24 +144,6 @@ class KeepBest:
         if self.best_state is not None:
             model.load_state_dict(self.best_state)
         return model
-
-
-def machine_description() -> str:
-    threads = torch.get_num_threads()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (f"{os.cpu_count()} cores ({cpu}), torch {torch.__version__} with {threads} threads, "
-            f"python {platform.python_version()}; CPU shared with other jobs")
-
-
-def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name.replace("python3", "python"), *sys.argv])
 
 
 def append_results(

@@ -107,8 +107,9 @@ def machine_description() -> str:
     except (OSError, subprocess.SubprocessError):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    load = f"; load average {os.getloadavg()[0]:.1f} when written" if hasattr(os, "getloadavg") else ""
     return (f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads; Python {platform.python_version()}")
+            f"{torch.get_num_threads()} threads; Python {platform.python_version()}{load}")
 
 
 def command_line() -> str:

@@ -290,8 +290,6 @@ def test_k4_needs_no_x():
 
 @needs_cpu
 def test_cpu_is_chosen_on_cpu(monkeypatch):
-    from sru_lm.ops import recurrence
-
     monkeypatch.setattr(recurrence, "ENV_BACKEND", None)
     assert select_backend(torch.zeros(1)) == "cpu"
     assert select_backend(torch.zeros(1), "reference") == "reference"
@@ -302,8 +300,6 @@ def test_cpu_is_chosen_on_cpu(monkeypatch):
 
 
 def test_fallback_is_logged_once(monkeypatch, caplog):
-    from sru_lm.ops import recurrence
-
     monkeypatch.setattr(recurrence, "ENV_BACKEND", None)
     monkeypatch.setattr(cpu, "available", lambda: False)
     monkeypatch.setattr(cpu, "why_unavailable", lambda: "no compiler (test)")

@@ -39,6 +39,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--out", help="write the tables, with date, device and command, to this markdown file")
     p.add_argument("--quick", action="store_true", help="skip the block-size sweep (heuristic config only)")
     p.add_argument("--no-official", action="store_true", help="skip building and timing the official sru")
+    p.add_argument("--sizes", default=",".join(f"{L}x{B}x{d}" for L, B, d in SIZES),
+                   help="comma-separated LxBxd sizes (sequence-first)")
+    p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated, of fp32 and bf16")
+    p.add_argument("--no-decode", action="store_true", help="skip the one-token decode table")
     p.add_argument("--dry-run", action="store_true",
                    help="run on CPU under TRITON_INTERPRET=1 at tiny sizes: correctness and table logic only")
     return p.parse_args()
@@ -300,7 +304,12 @@ def time_size(L, B, d, dtype, cfgs, official: Official) -> dict:
                                         grads=[xin, *lstm.parameters()])
         del lstm
     if official.ready():
-        r.update(time_official(L, B, d, dtype, official.sru))
+        try:  # a peer that fails is reported in its rows' place, never fatal
+            r.update(time_official(L, B, d, dtype, official.sru))
+        except Exception as e:  # noqa: BLE001
+            official.error = f"timing failed at L={L} B={B} d={d} {dtype_name(dtype)}: {type(e).__name__}: " + (
+                str(e).splitlines()[-1][:200] if str(e) else "")
+            print(official.error, flush=True)
     tb.set_kernel_config()
     return r
 
@@ -484,7 +493,13 @@ def _best(r, prefix):
 def main() -> int:
     global SIZES_RUN, DECODE_D, DECODE_BATCHES, STACK_LAYERS
     t_start = time.time()
-    SIZES_RUN = DRY_SIZES if args.dry_run else SIZES
+    SIZES_RUN = DRY_SIZES if args.dry_run else [tuple(int(n) for n in s.split("x")) for s in args.sizes.split(",")]
+    unknown = set(args.dtypes.split(",")) - set(DTYPES)
+    if unknown or any(len(s) != 3 for s in SIZES_RUN):
+        raise SystemExit(f"--sizes must be LxBxd,... and --dtypes a subset of {sorted(DTYPES)}; got "
+                         f"{args.sizes!r}, {args.dtypes!r}")
+    for name in set(DTYPES) - set(args.dtypes.split(",")):
+        del DTYPES[name]
     if args.dry_run:
         DECODE_D, DECODE_BATCHES, STACK_LAYERS = 40, (1, 3), 2
     if not args.dry_run and not torch.cuda.is_available():
@@ -507,7 +522,7 @@ def main() -> int:
             cfgs = ({}, {}) if args.quick else sweep(L, B, d, dtype, sweep_lines)
             results[((L, B, d), dt)] = time_size(L, B, d, dtype, cfgs, official)
             print(f"timed L={L} B={B} d={d} {dt} ({time.time() - t_start:.0f} s)", flush=True)
-    decode = time_decode(official)
+    decode = {} if args.no_decode else time_decode(official)
 
     table = render(results, checks, decode, sweep_lines, official)
     print(table)

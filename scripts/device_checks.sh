@@ -7,6 +7,8 @@
 #   bash scripts/device_checks.sh kernel   # Triton tests on CUDA + scripts/bench_gpu.py --quick      (~6 min)
 #   bash scripts/device_checks.sh qa       # SQuAD readers: SRU for QA_MIN, LSTM for 3x that         (~6 min)
 #   bash scripts/device_checks.sh lm       # compare_lm.py: hybrid vs GPT-2 vs LSTM, LM_MIN each     (~3 min)
+#   bash scripts/device_checks.sh smoke    # the model family on CUDA (tests/models/test_cuda.py) + our kernel
+#                                          # at L=1024 B=16 d=2048, no peers                            (~2 min)
 #   bash scripts/device_checks.sh kernel qa
 #
 # DEADLINE (seconds from the start, default 570) caps the qa stage: its budget shrinks to what is left.
@@ -64,6 +66,15 @@ for stage in "$@"; do
         log "stage kernel: bench_gpu --quick"
         timeout 170 python3 scripts/bench_gpu.py --quick --out "$OUT/bench_gpu_h200.md" > "$OUT/bench_gpu.log" 2>&1
         echo "bench_gpu exit $?"; tail -45 "$OUT/bench_gpu.log"
+        ;;
+    smoke)
+        log "stage smoke: model family on CUDA"
+        timeout 150 python3 -m pytest tests/models/test_cuda.py -q -p no:cacheprovider > "$OUT/pytest_cuda.log" 2>&1
+        echo "pytest exit $?"; tail -25 "$OUT/pytest_cuda.log"
+        log "stage smoke: bench_gpu, large size, our kernel and cuDNN only"
+        timeout 150 python3 scripts/bench_gpu.py --quick --no-official --no-decode --sizes 1024x16x2048 \
+            --out "$OUT/bench_gpu_large.md" > "$OUT/bench_gpu_large.log" 2>&1
+        echo "bench_gpu exit $?"; tail -30 "$OUT/bench_gpu_large.log"
         ;;
     qa)
         # what is left before DEADLINE, less ~100 s for data, warm-up and the two dev evaluations, over 4 (1 + 3)

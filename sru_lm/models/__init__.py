@@ -24,6 +24,7 @@ from .modeling_sru_lm import (
     SRULMLayer,
     SRULMModel,
     SRULMPreTrainedModel,
+    causal_to_bidirectional_state_dict,
 )
 
 AutoConfig.register(SRULMConfig.model_type, SRULMConfig, exist_ok=True)
@@ -43,4 +44,5 @@ __all__ = [
     "SRULMLayerCache",
     "SRULMModel",
     "SRULMPreTrainedModel",
+    "causal_to_bidirectional_state_dict",
 ]

@@ -35,6 +35,8 @@ batch-first as in transformers.
 
 from __future__ import annotations
 
+import copy
+import logging
 import math
 
 import torch
@@ -53,6 +55,8 @@ from transformers.modeling_outputs import (
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, SRULMConfig
 from .sru_backend import sru_recurrence, sru_step
+
+logger = logging.getLogger(__name__)
 
 
 def _shape(t) -> str:
@@ -207,6 +211,32 @@ class SRULMLayer(GradientCheckpointingLayer):
         return h
 
 
+def causal_to_bidirectional_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map a causal checkpoint's weights onto the bidirectional layout of the same ``hidden_size``.
+
+    A causal layer has ``d`` units in one direction, a bidirectional one ``d/2`` per direction, and the
+    projection rows and the ``(D, 2, H)`` state weights are laid out direction-major, so the same tensors
+    loaded as they are would mix up gates. Here unit ``j < d/2`` of the causal layer becomes unit ``j`` of the
+    forward direction and unit ``d/2 + j`` becomes unit ``j`` of the backward one, each keeping its own
+    projection rows, ``v`` and ``b`` (and its slice of the highway input): the forward half computes exactly
+    what the causal layer did, the backward half applies the other units to the reversed sequence.
+    Everything else (embeddings, attention, norms, heads) is unchanged.
+    """
+    out = {}
+    for name, t in state_dict.items():
+        if ".layers." in name and name.rsplit(".", 1)[-1] in ("weight_c", "bias") and t.dim() == 3:
+            if t.shape[0] != 1 or t.shape[1] != 2 or t.shape[2] % 2:
+                raise ValueError(f"{name}: expected a causal (1, 2, even d) tensor, got {tuple(t.shape)}")
+            t = t.reshape(2, 2, t.shape[2] // 2).permute(1, 0, 2).contiguous()  # (gate, D, H) -> (D, gate, H)
+        elif ".layers." in name and name.endswith("out_proj.weight"):
+            rows, dp = t.shape
+            if rows % 6:
+                raise ValueError(f"{name}: expected 3d rows with d even, got {rows}")
+            t = t.reshape(3, 2, rows // 6, dp).permute(1, 0, 2, 3).reshape(rows, dp)  # (3, D, H) -> (D, 3, H)
+        out[name] = t
+    return out
+
+
 class SRULMPreTrainedModel(PreTrainedModel):
     config_class = SRULMConfig
     base_model_prefix = "model"
@@ -215,6 +245,31 @@ class SRULMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SRULMLayer"]
     _supports_sdpa = True
     _is_stateful = True  # the SRU state cannot be rolled back: generate() refuses assisted decoding up front
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
+        """``PreTrainedModel.from_pretrained``; with ``bidirectional=True`` on a causal checkpoint, the SRU
+        weights are mapped onto the bidirectional layout (:func:`causal_to_bidirectional_state_dict`)
+        instead of being loaded into the wrong rows."""
+        if kwargs.get("bidirectional") and not model_args and kwargs.get("config") is None:
+            hub = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            hub_kwargs = {k: kwargs[k] for k in hub if k in kwargs}
+            saved = SRULMConfig.from_pretrained(pretrained_model_name_or_path, **hub_kwargs)
+            if not saved.bidirectional:
+                if kwargs.get("output_loading_info"):
+                    raise ValueError("output_loading_info is not supported when converting a causal checkpoint "
+                                     "to bidirectional=True")
+                causal = super().from_pretrained(pretrained_model_name_or_path, **{**kwargs, "bidirectional": False})
+                config = copy.deepcopy(causal.config)
+                if config.hidden_size % 2:
+                    raise ValueError(f"bidirectional=True needs an even hidden_size, got {config.hidden_size}")
+                config.bidirectional, config.use_cache = True, False
+                model = cls(config).to(device=causal.device, dtype=causal.dtype)
+                model.load_state_dict(causal_to_bidirectional_state_dict(causal.state_dict()))
+                logger.info("loaded the causal checkpoint %s as a bidirectional %s (forward units 0..d/2, backward "
+                            "units d/2..d of each layer)", pretrained_model_name_or_path, cls.__name__)
+                return model.eval()
+        return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range

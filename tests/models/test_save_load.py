@@ -110,6 +110,39 @@ REMOTE_SCRIPT = textwrap.dedent(
 )
 
 
+def test_causal_checkpoint_loads_as_bidirectional_with_units_kept(tmp_path):
+    """from_pretrained(causal, bidirectional=True): forward direction = the causal layer's first d/2 units,
+    backward direction = its other units run over the reversed sequence (one SRU layer, no attention, so
+    both are exact); loading the tensors as they are would scramble the gates and fail this."""
+    torch.manual_seed(0)
+    causal = randomize(SRULMForCausalLM(tiny_config(num_hidden_layers=1, attention_every_n_layers=0)))
+    causal.save_pretrained(tmp_path)
+    bi = SRULMForQuestionAnswering.from_pretrained(tmp_path, bidirectional=True)
+    assert bi.config.bidirectional and not bi.config.use_cache and not bi.training
+    assert bi.model.layers[0].weight_c.shape == (2, 2, 12)
+    ids = torch.randint(1, VOCAB, (2, 9))
+
+    def layer_output(model, ids):  # (L, B, d): the SRU layer's own output, before the final norm
+        seen = []
+        hook = model.model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out))
+        with torch.no_grad():
+            model.model(ids)
+        hook.remove()
+        return seen[0]
+
+    h_bi, h_fwd = layer_output(bi, ids), layer_output(causal, ids)
+    h_rev = layer_output(causal, ids.flip(1)).flip(0)
+    torch.testing.assert_close(h_bi[..., :12], h_fwd[..., :12], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(h_bi[..., 12:], h_rev[..., 12:], atol=1e-5, rtol=1e-5)
+    # everything outside the SRU layout is the causal checkpoint's own
+    torch.testing.assert_close(bi.model.embed_tokens.weight, causal.model.embed_tokens.weight)
+    torch.testing.assert_close(bi.model.layers[0].in_proj.weight, causal.model.layers[0].in_proj.weight)
+    # a bidirectional checkpoint loads as it is
+    bi.save_pretrained(tmp_path / "bi")
+    again = SRULMForQuestionAnswering.from_pretrained(tmp_path / "bi", bidirectional=True)
+    torch.testing.assert_close(again.model.layers[0].out_proj.weight, bi.model.layers[0].out_proj.weight)
+
+
 def test_trust_remote_code_load_in_a_process_without_sru_lm(tmp_path):
     torch.manual_seed(0)
     model = randomize(SRULMForCausalLM(tiny_config()))

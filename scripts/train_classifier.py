@@ -66,6 +66,8 @@ def parse_args() -> argparse.Namespace:
     # the hybrid head
     p.add_argument("--pretrained", default="outputs/main_lm/model", help="pretrained LM folder (for 'hybrid')")
     p.add_argument("--hybrid-lr", type=float, default=3e-4)
+    p.add_argument("--hybrid-bidirectional", action="store_true",
+                   help="fine-tune the hybrid as a bidirectional encoder (its SRU units split over two directions)")
     # shared
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -220,7 +222,8 @@ def summarize_folds(args) -> None:
 
 def label_of(name: str, args) -> str:
     if name == "hybrid":
-        return f"SRULMForSequenceClassification (fine-tuned from {args.pretrained})"
+        mode = "bidirectional, " if args.hybrid_bidirectional else ""
+        return f"SRULMForSequenceClassification ({mode}fine-tuned from {args.pretrained})"
     if name == "cnn":
         return "Kim CNN (3/4/5 x 100)"
     extra = "".join([f", highway bias {args.highway_bias:g}" if args.highway_bias and name == "sru" else "",
@@ -235,7 +238,8 @@ def hybrid_model(args, texts: dict[str, list[str]]):
     if not Path(args.pretrained).is_dir():
         raise SystemExit(f"--pretrained {args.pretrained} does not exist: run scripts/main_lm.py first")
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained)
-    model = SRULMForSequenceClassification.from_pretrained(args.pretrained, num_labels=2)
+    extra = dict(bidirectional=True, use_cache=False) if args.hybrid_bidirectional else {}
+    model = SRULMForSequenceClassification.from_pretrained(args.pretrained, num_labels=2, **extra)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     enc = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in texts.items()}

@@ -161,3 +161,28 @@ def test_peers_are_size_matched_and_time_to_reach():
     assert time_to_reach(evals, 2.5, key="m") == pytest.approx(15.0)
     assert time_to_reach(evals, 3.5, key="m") == pytest.approx(10.0)
     assert time_to_reach(evals, 0.5, key="m") is None
+
+
+def test_accelerate_launch_two_cpu_processes(corpus_dir, tmp_path):
+    """`accelerate launch --multi_gpu --num_processes 2` on a machine without CUDA: two gloo processes train
+    on disjoint shards, with one step count and twice the tokens of one process."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "0",
+           str(root / "scripts" / "train_lm.py"), "--text-files", str(corpus_dir), "--vocab-size", "300",
+           "--cache-dir", str(tmp_path / "cache"), "--hidden-size", "32", "--layers", "2", "--batch-size", "2",
+           "--seq-len", "16", "--max-steps", "4", "--eval-every", "4", "--val-tokens-per-book", "64",
+           "--no-progress", "--output-dir", str(tmp_path / "out"), "--threads", "1"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((tmp_path / "out" / "result.json").read_text())
+    assert result["processes"] == 2 and result["step"] == 4
+    assert result["tokens"] == 4 * 2 * 16 * 2  # steps x rows x tokens x processes
+    assert (tmp_path / "out" / "model" / "model.safetensors").exists()

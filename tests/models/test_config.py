@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sru_lm import SRULMConfig
+from sru_lm.models.configuration_sru_lm import SRU_LAYER
 
 
 def test_defaults_follow_sru_pp():
@@ -69,4 +70,7 @@ def test_bad_combinations_raise_value_error(kwargs, match):
 
 
 def test_heads_without_attention_need_no_divisibility():
-    SRULMConfig(hidden_size=64, projection_size=15, num_attention_heads=4, attention_every_n_layers=0)
+    config = SRULMConfig(hidden_size=64, projection_size=15, num_attention_heads=4, attention_every_n_layers=0)
+    assert config.projection_size == 15 and set(config.layer_types) == {SRU_LAYER}
+    with pytest.raises(ValueError):  # the same sizes with attention layers are refused
+        SRULMConfig(hidden_size=64, projection_size=15, num_attention_heads=4, attention_every_n_layers=2)

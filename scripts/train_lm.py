@@ -15,6 +15,9 @@ import argparse
 import logging
 from pathlib import Path
 
+from sru_lm.data.sentiment import load_mr
+from sru_lm.tasks.text import tokenize
+from sru_lm.tasks.vectors import init_embeddings_from_vectors, load_glove
 from sru_lm.training.cli import (
     add_data_args,
     add_model_args,
@@ -29,6 +32,26 @@ from sru_lm.training.pipeline import build_sru_lm, prepare_lm_data, save_lm, tra
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
+    g = p.add_argument_group("word-level model (for fine-tuning on word tasks)")
+    g.add_argument(
+        "--tokenizer-type",
+        choices=["bpe", "word"],
+        default="bpe",
+        help="train a byte-level BPE or a lower-cased word vocabulary of --vocab-size words",
+    )
+    g.add_argument(
+        "--task-words",
+        choices=["none", "mr"],
+        default="none",
+        help="word: also add every word of this task's texts that GloVe covers (no labels are read)",
+    )
+    g.add_argument(
+        "--init-vectors",
+        choices=["none", "glove"],
+        default="none",
+        help="start the token embeddings from GloVe 6B 50d through a random orthonormal map",
+    )
+    g.add_argument("--vector-std", type=float, default=0.1, help="per-coordinate std of the initialized rows")
     add_model_args(p)
     add_train_args(p)
     p.add_argument("--output-dir", default="outputs/train_lm")
@@ -38,25 +61,65 @@ def main() -> None:
     if not (args.max_minutes or args.max_steps or args.max_tokens):
         args.max_minutes = 10.0
 
-    data = prepare_lm_data(args.data, paths=args.text_files, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
-                           cache=args.cache_dir)
-    model = build_sru_lm(
-        data.tokenizer, hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
-        projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
+    glove = load_glove() if args.init_vectors == "glove" or args.task_words != "none" else None
+    extra = task_words(args.task_words, set(glove[0])) if args.task_words != "none" else []
+    if extra and args.tokenizer_type != "word":
+        raise SystemExit("--task-words needs --tokenizer-type word")
+    data = prepare_lm_data(
+        args.data,
+        paths=args.text_files,
+        vocab_size=args.vocab_size,
+        tokenizer=args.tokenizer,
+        cache=args.cache_dir,
+        tokenizer_type=args.tokenizer_type,
+        extra_words=extra,
     )
+    model = build_sru_lm(
+        data.tokenizer,
+        hidden_size=args.hidden_size,
+        num_layers=args.layers,
+        attention_every=args.attention_every,
+        projection_size=args.projection_size,
+        num_heads=args.heads,
+        dropout=args.dropout,
+    )
+    if args.init_vectors == "glove":
+        hits = init_embeddings_from_vectors(
+            model.get_input_embeddings(), data.tokenizer, glove, std=args.vector_std, seed=args.seed
+        )
+        print(f"embeddings: {hits} of {len(data.tokenizer)} tokens start from GloVe")
     config = train_config(args, args.output_dir)
     trainer, result = train_language_model(model, data, config, **lm_train_kwargs(args))
     if trainer.accelerator.is_main_process:
         out = Path(args.output_dir)
         save_lm(trainer.unwrapped_model, data.tokenizer, out / "model")
-        write_json(out / "result.json", {
-            "args": vars(args), "data": data.summary(), "parameters": trainer.unwrapped_model.num_parameters(),
-            "step": result.step, "tokens": result.tokens, "train_seconds": result.train_seconds,
-            "stop_reason": result.stop_reason, "validation": result.last_eval,
-            "processes": trainer.accelerator.num_processes,
-        })
-        print(f"saved {out / 'model'}; {result.step} steps, {result.tokens} tokens, "
-              f"{result.train_seconds:.0f} s; validation {result.last_eval}")
+        write_json(
+            out / "result.json",
+            {
+                "args": vars(args),
+                "data": data.summary(),
+                "parameters": trainer.unwrapped_model.num_parameters(),
+                "step": result.step,
+                "tokens": result.tokens,
+                "train_seconds": result.train_seconds,
+                "stop_reason": result.stop_reason,
+                "validation": result.last_eval,
+                "processes": trainer.accelerator.num_processes,
+            },
+        )
+        print(
+            f"saved {out / 'model'}; {result.step} steps, {result.tokens} tokens, "
+            f"{result.train_seconds:.0f} s; validation {result.last_eval}"
+        )
+
+
+def task_words(task: str, known: set[str]) -> list[str]:
+    """The lower-cased words of a task's texts (every split, no labels) that ``known`` holds, sorted."""
+    if task != "mr":
+        raise ValueError(f"unknown task {task!r}")
+    ds = load_mr()
+    words = {t.lower() for split in ds.values() for text in split["text"] for t in tokenize(text)[0]}
+    return sorted(words & known)
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
-"""Byte-level BPE trained with ``tokenizers``, saved as a ``transformers`` fast tokenizer.
+"""Tokenizers trained with ``tokenizers``, saved as ``transformers`` fast tokenizers.
 
+The default is a byte-level BPE (:func:`train_tokenizer`). :func:`train_word_tokenizer` builds a
+lower-cased word-level vocabulary instead, split like :func:`sru_lm.tasks.text.tokenize`, whose rows
+can start from word vectors (:func:`sru_lm.tasks.vectors.init_embeddings_from_vectors`).
+
+BPE details:
 Byte level (GPT-2 style): every string encodes, nothing maps to an unknown token, and
 ``decode(encode(s)) == s`` for any unicode ``s``. One special token, ``<|endoftext|>``, serves as
 bos, eos and pad. The tokenizer adds no special tokens by itself (``tokenize_documents`` places
@@ -11,12 +16,17 @@ from __future__ import annotations
 
 import os
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator
 
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
 
 ENDOFTEXT = "<|endoftext|>"
+UNK = "<unk>"
+# the word pattern of sru_lm.tasks.text.tokenize: a number with inner separators, a run of word
+# characters, or one other non-space character
+WORD_PATTERN = r"\d+(?:[.,]\d+)*|\w+|[^\w\s]"
 
 
 # Byte-level pre-tokenization (the GPT-2 regex) never joins "\n" to the piece after it (only a space
@@ -95,6 +105,57 @@ def train_tokenizer(
     )
     tok.train_from_iterator(_parts(texts, 1 << 16), trainer=trainer)
     return wrap_tokenizer(tok, special_tokens[0], model_max_length=model_max_length)
+
+
+def train_word_tokenizer(
+    texts: Iterable[str],
+    max_words: int = 32000,
+    *,
+    min_frequency: int = 2,
+    extra_words: Iterable[str] = (),
+    model_max_length: int = 1 << 30,
+) -> PreTrainedTokenizerFast:
+    """A lower-cased word-level tokenizer: the ``max_words`` most frequent words of ``texts`` that occur at
+    least ``min_frequency`` times, then every word of ``extra_words`` not yet in (e.g. the words of a
+    downstream task that have pretrained vectors). Ids: ``<|endoftext|>`` = 0 (bos, eos and pad),
+    ``<unk>`` = 1 for every other word, then the words by frequency.
+
+    Words are split as :func:`sru_lm.tasks.text.tokenize` splits them (``"France's"`` -> ``france ' s``)
+    and looked up lower-cased, so the ids line up with lower-cased word vectors such as GloVe 6B. Offsets
+    point into the original text; ``decode`` joins words with spaces (a word tokenizer cannot restore the
+    original spacing or case).
+
+    Example:
+        >>> tok = train_word_tokenizer(["The cat sat.", "the cat ran"], min_frequency=1)
+        >>> tok.convert_ids_to_tokens(tok("The dog sat")["input_ids"])
+        ['the', '<unk>', 'sat']
+    """
+    if max_words < 1:
+        raise ValueError(f"max_words must be >= 1, got {max_words}")
+    pattern = re.compile(WORD_PATTERN)
+    counts: Counter[str] = Counter()
+    for t in texts:
+        counts.update(m.group().lower() for m in pattern.finditer(t))
+    words = [w for w, c in counts.most_common(max_words) if c >= min_frequency]
+    seen = set(words) | {ENDOFTEXT, UNK}
+    for w in extra_words:
+        w = w.lower()
+        if w not in seen:
+            seen.add(w)
+            words.append(w)
+    vocab = {ENDOFTEXT: 0, UNK: 1}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")]
+    )
+    tok.decoder = decoders.WordPiece(prefix="\u0000", cleanup=False)  # join with spaces
+    tok.add_special_tokens([ENDOFTEXT, UNK])
+    wrapped = wrap_tokenizer(tok, ENDOFTEXT, model_max_length=model_max_length)
+    wrapped.unk_token = UNK
+    return wrapped
 
 
 def wrap_tokenizer(tok: Tokenizer, special: str = ENDOFTEXT, *, model_max_length: int = 1 << 30):

@@ -31,7 +31,7 @@ from torch import nn
 from transformers import AutoTokenizer, PreTrainedTokenizerBase
 
 from ..data.lm import SPLITS, SegmentBatcher, load_lm_corpus, tokenize_documents
-from ..data.tokenizer import save_tokenizer, train_tokenizer
+from ..data.tokenizer import save_tokenizer, train_tokenizer, train_word_tokenizer
 from ..eval.metrics import utf8_bytes
 from .lm import LMStep, adapter_for, make_eval_fn, segment_batches
 from .trainer import TrainConfig, Trainer, TrainResult, make_accelerator
@@ -56,8 +56,11 @@ class LMData:
             "source": self.source,
             "vocab_size": len(self.tokenizer),
             **{
-                s: {"books": len(self.names[s]), "tokens": int(sum(len(x) for x in self.streams[s])),
-                    "bytes": self.num_bytes[s]}
+                s: {
+                    "books": len(self.names[s]),
+                    "tokens": int(sum(len(x) for x in self.streams[s])),
+                    "bytes": self.num_bytes[s],
+                }
                 for s in SPLITS
             },
         }
@@ -78,6 +81,8 @@ def prepare_lm_data(
     vocab_size: int = 8192,
     tokenizer: str | os.PathLike | PreTrainedTokenizerBase | None = None,
     cache: str | os.PathLike | None = DEFAULT_CACHE,
+    tokenizer_type: str = "bpe",
+    extra_words: Sequence[str] = (),
 ) -> LMData:
     """Load a corpus split by book, get a tokenizer, tokenize every split.
 
@@ -87,7 +92,16 @@ def prepare_lm_data(
         vocab_size: for a newly trained byte-level BPE.
         tokenizer: a tokenizer or a directory to load one from; None trains one on the train split.
         cache: folder for the trained tokenizer and the token streams (None: no caching).
+        tokenizer_type: what to train when ``tokenizer`` is None: ``"bpe"`` (byte-level BPE of ``vocab_size``)
+            or ``"word"`` (the ``vocab_size`` most frequent lower-cased words, see
+            :func:`sru_lm.data.tokenizer.train_word_tokenizer`).
+        extra_words: with ``"word"``, words added to the vocabulary after the corpus' own (e.g. a
+            downstream task's words that have pretrained vectors).
     """
+    if tokenizer_type not in ("bpe", "word"):
+        raise ValueError(f"tokenizer_type must be 'bpe' or 'word', got {tokenizer_type!r}")
+    if extra_words and tokenizer_type != "word":
+        raise ValueError("extra_words needs tokenizer_type='word'")
     ds = load_lm_corpus(source, paths=paths)
     names = {s: list(ds[s]["name"]) for s in SPLITS}
     texts = {s: list(ds[s]["text"]) for s in SPLITS}
@@ -98,11 +112,15 @@ def prepare_lm_data(
     elif tokenizer is not None:
         tok = AutoTokenizer.from_pretrained(os.fspath(tokenizer))
     else:
-        tok_dir = cache / f"tokenizer-{corpus_key}-{vocab_size}" if cache else None
+        kind = "" if tokenizer_type == "bpe" else f"word-{_digest(*extra_words)}-"
+        tok_dir = cache / f"tokenizer-{kind}{corpus_key}-{vocab_size}" if cache else None
         if tok_dir is not None and (tok_dir / "tokenizer.json").is_file():
             tok = AutoTokenizer.from_pretrained(os.fspath(tok_dir))
         else:
-            tok = train_tokenizer(texts["train"], vocab_size, show_progress=False)
+            if tokenizer_type == "word":
+                tok = train_word_tokenizer(texts["train"], vocab_size, extra_words=extra_words)
+            else:
+                tok = train_tokenizer(texts["train"], vocab_size, show_progress=False)
             if tok_dir is not None:
                 tmp = tok_dir.with_name(tok_dir.name + f".tmp{os.getpid()}")
                 save_tokenizer(tok, tmp)
@@ -207,17 +225,24 @@ def train_language_model(
     """
     acc = make_accelerator(config)
     batcher = SegmentBatcher(
-        data.streams["train"], batch_size, seq_len, pad_id=data.tokenizer.pad_token_id or 0, shuffle=True,
-        max_stream_len=piece_tokens + 1 if piece_tokens else None, seed=config.seed,
-        num_shards=acc.num_processes, shard_index=acc.process_index,
+        data.streams["train"],
+        batch_size,
+        seq_len,
+        pad_id=data.tokenizer.pad_token_id or 0,
+        shuffle=True,
+        max_stream_len=piece_tokens + 1 if piece_tokens else None,
+        seed=config.seed,
+        num_shards=acc.num_processes,
+        shard_index=acc.process_index,
     )
     val_streams, val_bytes = head_of_streams(data.streams["validation"], data.tokenizer, val_tokens_per_book)
     eval_fn = make_eval_fn(
         val_streams, val_bytes, mode=eval_mode, window=eval_window or seq_len, batch_size=eval_batch_size
     )
     step = LMStep(adapter_for(model), carry_state=carry_state)
-    trainer = Trainer(model, segment_batches(batcher), config, step_fn=step, eval_fn=eval_fn, callbacks=callbacks,
-                      accelerator=acc)
+    trainer = Trainer(
+        model, segment_batches(batcher), config, step_fn=step, eval_fn=eval_fn, callbacks=callbacks, accelerator=acc
+    )
     return trainer, trainer.fit()
 
 
@@ -238,8 +263,13 @@ def generate_sample(
     ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     x = torch.tensor([ids], device=next(model.parameters()).device)
     out = model.generate(
-        x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=True, top_k=40,
-        temperature=0.8, pad_token_id=tokenizer.pad_token_id,
+        x,
+        attention_mask=torch.ones_like(x),
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        top_k=40,
+        temperature=0.8,
+        pad_token_id=tokenizer.pad_token_id,
     )
     return tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
 

@@ -186,3 +186,30 @@ def test_accelerate_launch_two_cpu_processes(corpus_dir, tmp_path):
     assert result["processes"] == 2 and result["step"] == 4
     assert result["tokens"] == 4 * 2 * 16 * 2  # steps x rows x tokens x processes
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+
+
+def test_word_level_pipeline_trains_and_caches_its_tokenizer(corpus_dir, tmp_path):
+    from sru_lm.data.lm import load_lm_corpus
+    from sru_lm.tasks.text import tokenize
+    from sru_lm.training.pipeline import prepare_lm_data
+
+    data = prepare_lm_data(paths=[str(corpus_dir)], vocab_size=20, cache=tmp_path, tokenizer_type="word",
+                           extra_words=["Zebra"])
+    tok = data.tokenizer
+    vocab = tok.get_vocab()
+    assert len(vocab) == 2 + 20 + 1 and vocab["zebra"] == 22  # specials, the 20 commonest words, the extra
+    # a stream is bos + the book's lower-cased words (unknown ones as <unk>) + eos
+    book = load_lm_corpus(paths=[str(corpus_dir)])["train"]["text"][0]
+    words = [w.lower() for w in tokenize(book)[0]]
+    stream = data.streams["train"][0]
+    assert stream[0] == tok.bos_token_id and stream[-1] == tok.eos_token_id
+    assert tok.convert_ids_to_tokens(stream[1:-1].tolist()) == [w if w in vocab else "<unk>" for w in words]
+    again = prepare_lm_data(paths=[str(corpus_dir)], vocab_size=20, cache=tmp_path, tokenizer_type="word",
+                            extra_words=["Zebra"])
+    assert again.tokenizer.get_vocab() == vocab
+    other = prepare_lm_data(paths=[str(corpus_dir)], vocab_size=20, cache=tmp_path, tokenizer_type="word")
+    assert "zebra" not in other.tokenizer.get_vocab()  # the extra words are part of the cache key
+    with pytest.raises(ValueError, match="tokenizer_type"):
+        prepare_lm_data(paths=[str(corpus_dir)], cache=None, tokenizer_type="char")
+    with pytest.raises(ValueError, match="extra_words"):
+        prepare_lm_data(paths=[str(corpus_dir)], cache=None, extra_words=["zebra"])

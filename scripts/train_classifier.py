@@ -68,6 +68,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--hybrid-lr", type=float, default=3e-4)
     p.add_argument("--hybrid-bidirectional", action="store_true",
                    help="fine-tune the hybrid as a bidirectional encoder (its SRU units split over two directions)")
+    p.add_argument("--hybrid-dropout", type=float, default=None,
+                   help="the hybrid's SRU variational dropout while fine-tuning (default: the pretrained config's)")
+    p.add_argument("--hybrid-embedding-dropout", type=float, default=None,
+                   help="dropout on the hybrid's token embeddings while fine-tuning (default: the pretrained config's)")
     # shared
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--weight-decay", type=float, default=0.0)
@@ -241,6 +245,10 @@ def hybrid_model(args, texts: dict[str, list[str]]):
         raise SystemExit(f"--pretrained {args.pretrained} does not exist: run scripts/main_lm.py first")
     tokenizer = AutoTokenizer.from_pretrained(args.pretrained)
     extra = dict(bidirectional=True, use_cache=False) if args.hybrid_bidirectional else {}
+    if args.hybrid_dropout is not None:
+        extra["hidden_dropout"] = args.hybrid_dropout
+    if args.hybrid_embedding_dropout is not None:
+        extra["embedding_dropout"] = args.hybrid_embedding_dropout
     model = SRULMForSequenceClassification.from_pretrained(args.pretrained, num_labels=2, **extra)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id

@@ -3,6 +3,8 @@
     python scripts/train_lm.py --max-minutes 10 --output-dir outputs/train_lm
     accelerate launch --multi_gpu --num_processes 2 scripts/train_lm.py --max-steps 50   # 2 processes (CPU: gloo)
     python scripts/train_lm.py --text-files my_books/ --vocab-size 4096 --max-tokens 2000000
+    python scripts/train_lm.py --tokenizer-type word --vocab-size 10000 --task-words mr --init-vectors glove \
+        --layers 3 --attention-every 1 --max-minutes 20 --output-dir outputs/word_lm   # for word tasks (MR)
 
 A killed run resumes from ``<output-dir>/checkpoints`` when started again with the same command
 (``--no-resume`` starts over). At the end the model and tokenizer are saved to ``<output-dir>/model``
@@ -33,24 +35,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_data_args(p)
     g = p.add_argument_group("word-level model (for fine-tuning on word tasks)")
-    g.add_argument(
-        "--tokenizer-type",
-        choices=["bpe", "word"],
-        default="bpe",
-        help="train a byte-level BPE or a lower-cased word vocabulary of --vocab-size words",
-    )
-    g.add_argument(
-        "--task-words",
-        choices=["none", "mr"],
-        default="none",
-        help="word: also add every word of this task's texts that GloVe covers (no labels are read)",
-    )
-    g.add_argument(
-        "--init-vectors",
-        choices=["none", "glove"],
-        default="none",
-        help="start the token embeddings from GloVe 6B 50d through a random orthonormal map",
-    )
+    g.add_argument("--tokenizer-type", choices=["bpe", "word"], default="bpe",
+                   help="train a byte-level BPE or a lower-cased word vocabulary of --vocab-size words")
+    g.add_argument("--task-words", choices=["none", "mr"], default="none",
+                   help="word: also add every word of this task's texts that GloVe covers (no labels are read)")
+    g.add_argument("--init-vectors", choices=["none", "glove"], default="none",
+                   help="start the token embeddings from GloVe 6B 50d through a random orthonormal map")
     g.add_argument("--vector-std", type=float, default=0.1, help="per-coordinate std of the initialized rows")
     add_model_args(p)
     add_train_args(p)
@@ -65,52 +55,29 @@ def main() -> None:
     extra = task_words(args.task_words, set(glove[0])) if args.task_words != "none" else []
     if extra and args.tokenizer_type != "word":
         raise SystemExit("--task-words needs --tokenizer-type word")
-    data = prepare_lm_data(
-        args.data,
-        paths=args.text_files,
-        vocab_size=args.vocab_size,
-        tokenizer=args.tokenizer,
-        cache=args.cache_dir,
-        tokenizer_type=args.tokenizer_type,
-        extra_words=extra,
-    )
+    data = prepare_lm_data(args.data, paths=args.text_files, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
+                           cache=args.cache_dir, tokenizer_type=args.tokenizer_type, extra_words=extra)
     model = build_sru_lm(
-        data.tokenizer,
-        hidden_size=args.hidden_size,
-        num_layers=args.layers,
-        attention_every=args.attention_every,
-        projection_size=args.projection_size,
-        num_heads=args.heads,
-        dropout=args.dropout,
+        data.tokenizer, hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
+        projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
     )
     if args.init_vectors == "glove":
-        hits = init_embeddings_from_vectors(
-            model.get_input_embeddings(), data.tokenizer, glove, std=args.vector_std, seed=args.seed
-        )
+        hits = init_embeddings_from_vectors(model.get_input_embeddings(), data.tokenizer, glove,
+                                            std=args.vector_std, seed=args.seed)
         print(f"embeddings: {hits} of {len(data.tokenizer)} tokens start from GloVe")
     config = train_config(args, args.output_dir)
     trainer, result = train_language_model(model, data, config, **lm_train_kwargs(args))
     if trainer.accelerator.is_main_process:
         out = Path(args.output_dir)
         save_lm(trainer.unwrapped_model, data.tokenizer, out / "model")
-        write_json(
-            out / "result.json",
-            {
-                "args": vars(args),
-                "data": data.summary(),
-                "parameters": trainer.unwrapped_model.num_parameters(),
-                "step": result.step,
-                "tokens": result.tokens,
-                "train_seconds": result.train_seconds,
-                "stop_reason": result.stop_reason,
-                "validation": result.last_eval,
-                "processes": trainer.accelerator.num_processes,
-            },
-        )
-        print(
-            f"saved {out / 'model'}; {result.step} steps, {result.tokens} tokens, "
-            f"{result.train_seconds:.0f} s; validation {result.last_eval}"
-        )
+        write_json(out / "result.json", {
+            "args": vars(args), "data": data.summary(), "parameters": trainer.unwrapped_model.num_parameters(),
+            "step": result.step, "tokens": result.tokens, "train_seconds": result.train_seconds,
+            "stop_reason": result.stop_reason, "validation": result.last_eval,
+            "processes": trainer.accelerator.num_processes,
+        })
+        print(f"saved {out / 'model'}; {result.step} steps, {result.tokens} tokens, "
+              f"{result.train_seconds:.0f} s; validation {result.last_eval}")
 
 
 def task_words(task: str, known: set[str]) -> list[str]:

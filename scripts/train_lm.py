@@ -42,6 +42,8 @@ def main() -> None:
     g.add_argument("--init-vectors", choices=["none", "glove"], default="none",
                    help="start the token embeddings from GloVe 6B 50d through a random orthonormal map")
     g.add_argument("--vector-std", type=float, default=0.1, help="per-coordinate std of the initialized rows")
+    g.add_argument("--untie-embeddings", action="store_true",
+                   help="a separate LM head, so only the input side shapes the (vector-initialized) embeddings")
     add_model_args(p)
     add_train_args(p)
     p.add_argument("--output-dir", default="outputs/train_lm")
@@ -60,6 +62,7 @@ def main() -> None:
     model = build_sru_lm(
         data.tokenizer, hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
         projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
+        tie_word_embeddings=not args.untie_embeddings,
     )
     if args.init_vectors == "glove":
         hits = init_embeddings_from_vectors(model.get_input_embeddings(), data.tokenizer, glove,

@@ -170,6 +170,7 @@ def build_sru_lm(
     num_heads: int = 1,
     dropout: float = 0.0,
     highway_bias: float = -2.0,
+    tie_word_embeddings: bool = True,
 ) -> nn.Module:
     """A freshly initialized ``SRULMForCausalLM`` for ``tokenizer`` (see ``SRULMConfig`` for the fields)."""
     from ..models import SRULMConfig, SRULMForCausalLM
@@ -183,6 +184,7 @@ def build_sru_lm(
         num_attention_heads=num_heads,
         hidden_dropout=dropout,
         highway_bias=highway_bias,
+        tie_word_embeddings=tie_word_embeddings,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -213,3 +213,31 @@ def test_word_level_pipeline_trains_and_caches_its_tokenizer(corpus_dir, tmp_pat
         prepare_lm_data(paths=[str(corpus_dir)], cache=None, tokenizer_type="char")
     with pytest.raises(ValueError, match="extra_words"):
         prepare_lm_data(paths=[str(corpus_dir)], cache=None, extra_words=["zebra"])
+
+
+def test_word_level_lm_from_vectors_untied_loads_as_a_bidirectional_classifier(corpus_dir, tmp_path):
+    from sru_lm.models import SRULMForSequenceClassification
+    from sru_lm.tasks.vectors import init_embeddings_from_vectors
+    from sru_lm.training.pipeline import prepare_lm_data
+
+    data = prepare_lm_data(paths=[str(corpus_dir)], vocab_size=40, cache=tmp_path / "cache", tokenizer_type="word")
+    tok = data.tokenizer
+    words = [w for w in tok.get_vocab() if w.isalpha()]
+    matrix = np.random.default_rng(0).normal(size=(len(words), 8)).astype(np.float32)
+    torch.manual_seed(0)
+    model = build_sru_lm(tok, hidden_size=32, num_layers=2, attention_every=1, tie_word_embeddings=False)
+    hits = init_embeddings_from_vectors(model.get_input_embeddings(), tok, (words, matrix), std=0.5)
+    assert hits == len(words)
+    assert model.get_output_embeddings().weight.data_ptr() != model.get_input_embeddings().weight.data_ptr()
+    before = model.get_input_embeddings().weight.detach().clone()
+    train(data, tmp_path / "run", model=model, max_steps=3)
+    emb = model.get_input_embeddings().weight.detach()
+    assert not torch.equal(emb, before)  # trained, from the vector rows
+    save_lm(model, tok, tmp_path / "lm")
+    clf = SRULMForSequenceClassification.from_pretrained(tmp_path / "lm", num_labels=2, bidirectional=True,
+                                                         use_cache=False)
+    torch.testing.assert_close(clf.get_input_embeddings().weight, emb)
+    enc = AutoTokenizer.from_pretrained(tmp_path / "lm")(["The old king saw a whale!"], return_tensors="pt")
+    assert int((enc["input_ids"] == tok.unk_token_id).sum()) == 0
+    out = clf(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], labels=torch.tensor([1]))
+    assert out.logits.shape == (1, 2) and torch.isfinite(out.loss)

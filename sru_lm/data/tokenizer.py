@@ -151,7 +151,8 @@ def train_word_tokenizer(
     tok.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated")]
     )
-    tok.decoder = decoders.WordPiece(prefix="\u0000", cleanup=False)  # join with spaces
+    # join with spaces: "##" never starts a token (punctuation is split one character at a time)
+    tok.decoder = decoders.WordPiece(prefix="##", cleanup=False)
     tok.add_special_tokens([ENDOFTEXT, UNK])
     wrapped = wrap_tokenizer(tok, ENDOFTEXT, model_max_length=model_max_length)
     wrapped.unk_token = UNK

@@ -24,8 +24,8 @@ from transformers import PreTrainedTokenizerFast
 
 ENDOFTEXT = "<|endoftext|>"
 UNK = "<unk>"
-# the word pattern of sru_lm.tasks.text.tokenize: a number with inner separators, a run of word
-# characters, or one other non-space character
+# words for the word-level tokenizer and sru_lm.tasks.text.tokenize alike: a number with inner separators,
+# a run of word characters, or one other non-space character
 WORD_PATTERN = r"\d+(?:[.,]\d+)*|\w+|[^\w\s]"
 
 
@@ -137,14 +137,8 @@ def train_word_tokenizer(
     for t in texts:
         counts.update(m.group().lower() for m in pattern.finditer(t))
     words = [w for w, c in counts.most_common(max_words) if c >= min_frequency]
-    seen = set(words) | {ENDOFTEXT, UNK}
-    for w in extra_words:
-        w = w.lower()
-        if w not in seen:
-            seen.add(w)
-            words.append(w)
     vocab = {ENDOFTEXT: 0, UNK: 1}
-    for w in words:
+    for w in [*words, *(w.lower() for w in extra_words)]:
         vocab.setdefault(w, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
     tok.normalizer = normalizers.Lowercase()

@@ -23,10 +23,12 @@ import re
 from collections import Counter
 from collections.abc import Iterable
 
+from ..data.tokenizer import WORD_PATTERN
+
 # A number with inner separators ("1,000", "3.5"), a run of word characters, or one other non-space
 # character. Hyphens and apostrophes split words ("France's" -> "France", "'", "s") so that an answer
 # inside such a word ("France") is a whole-token span. \w is unicode-aware: "plaît" is one token.
-_TOKEN = re.compile(r"\d+(?:[.,]\d+)*|\w+|[^\w\s]")
+_TOKEN = re.compile(WORD_PATTERN)
 
 PAD, UNK = "<pad>", "<unk>"
 

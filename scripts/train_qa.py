@@ -43,6 +43,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--layer-norm", action="store_true", help="layer norm on every SRU layer's input")
     p.add_argument("--highway-bias", type=float, default=0.0,
                    help="initial SRU reset-gate bias (negative favours the highway path)")
+    p.add_argument("--unscaled-scores", action="store_true",
+                   help="start/end scores without the 1/sqrt(d) scale (the readers before 2026-11-30)")
     # the hybrid LM's QA head (bidirectional), fine-tuned from the pretrained causal LM
     p.add_argument("--pretrained", default="outputs/main_lm/model")
     p.add_argument("--hybrid-lr", type=float, default=5e-4)
@@ -155,7 +157,7 @@ def main() -> None:
             vocab_size=len(vocab), embed_dim=50, rnn_type=name, hidden_size=args.hidden,
             doc_layers=args.doc_layers, question_layers=args.question_layers, dropout=args.dropout,
             tune_top_k=args.tune_top_k, max_answer_len=args.max_answer_len, layer_norm=args.layer_norm,
-            highway_bias=args.highway_bias,
+            highway_bias=args.highway_bias, scaled_scores=not args.unscaled_scores,
         )
         model = DrQAReader(config, embeddings)
         train_config = TrainConfig(

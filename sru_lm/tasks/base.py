@@ -24,6 +24,8 @@ class TaskModel(nn.Module):
     """Base of the task models: ``self.config`` is a dataclass; the vocabulary travels with the weights."""
 
     config_class: ClassVar[type]
+    # config fields added after models were saved: the value that reproduces those models when absent
+    legacy_defaults: ClassVar[dict[str, Any]] = {}
 
     def save_pretrained(self, path: str | os.PathLike, vocab: Vocab | None = None, **extra: Any) -> Path:
         path = Path(path)
@@ -43,7 +45,7 @@ class TaskModel(nn.Module):
         meta = json.loads((path / "config.json").read_text())
         if meta["model_class"] != cls.__name__:
             raise ValueError(f"{path} holds a {meta['model_class']}, not a {cls.__name__}")
-        config = cls.config_class(**meta["config"])
+        config = cls.config_class(**{**cls.legacy_defaults, **meta["config"]})
         model = cls(config)
         model.load_state_dict(load_file(str(path / "model.safetensors")))
         vocab_file = path / "vocab.txt"

@@ -37,6 +37,10 @@ class DrQAReaderConfig:
         max_answer_len: longest span, in tokens, at decoding.
         highway_bias: the SRU reset-gate bias.
         layer_norm: layer normalization on every SRU layer's input (SRU only).
+        scaled_scores: divide the start/end scores by ``sqrt(d_doc)`` (as attention does). An SRU's outputs
+            have about unit variance by design, an LSTM's a few hundredths (tanh-bounded, small at init); the
+            unscaled bilinear over 768 concatenated SRU features starts with logits of std ~3 and gradients
+            ~50x the LSTM's, and AdamW then swings the logits by tens per step. Same for both recurrences.
     """
 
     vocab_size: int
@@ -51,6 +55,7 @@ class DrQAReaderConfig:
     max_answer_len: int = 15
     highway_bias: float = 0.0
     layer_norm: bool = False
+    scaled_scores: bool = True
 
     def __post_init__(self) -> None:
         if self.rnn_type not in RNN_TYPES:
@@ -76,6 +81,7 @@ class DrQAReader(TaskModel):
     """
 
     config_class = DrQAReaderConfig
+    legacy_defaults = {"scaled_scores": False}  # readers saved before the option existed
 
     def __init__(self, config: DrQAReaderConfig, embeddings: torch.Tensor | None = None) -> None:
         super().__init__()
@@ -126,6 +132,8 @@ class DrQAReader(TaskModel):
         q_vec = (b.unsqueeze(-1) * q_h).sum(1)  # (B, d_q)
 
         neg = torch.finfo(p_h.dtype).min
+        if self.config.scaled_scores:
+            p_h = p_h * p_h.shape[-1] ** -0.5
         start_logits = (p_h @ self.start(q_vec).unsqueeze(-1)).squeeze(-1).masked_fill(~cm, neg)  # (B, Lc)
         end_logits = (p_h @ self.end(q_vec).unsqueeze(-1)).squeeze(-1).masked_fill(~cm, neg)
         loss = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -177,3 +179,28 @@ def test_save_and_load_round_trip(tmp_path):
     assert v2.itos == vocab.itos and loaded.config == model.config
     with pytest.raises(ValueError, match="SentenceClassifier"):
         DrQAReader.from_pretrained(tmp_path)
+
+
+def test_reader_scaled_scores_and_legacy_loading(tmp_path):
+    import json
+
+    torch.manual_seed(0)
+    scaled = _reader("sru").eval()
+    assert scaled.config.scaled_scores
+    plain = DrQAReader(dataclasses.replace(scaled.config, scaled_scores=False)).eval()
+    plain.load_state_dict(scaled.state_dict())
+    b = _toy_qa(n=3)
+    del b["start_positions"], b["end_positions"]
+    d_doc = scaled.doc_rnn.output_size  # 2 layers x 2 directions x 10
+    cm = b["context_mask"]
+    torch.testing.assert_close(scaled(**b).start_logits[cm] * d_doc**0.5, plain(**b).start_logits[cm])
+    torch.testing.assert_close(scaled(**b).end_logits[cm] * d_doc**0.5, plain(**b).end_logits[cm])
+
+    # a reader saved before the option existed has no "scaled_scores" key: it must load unscaled
+    plain.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "config.json").read_text())
+    del meta["config"]["scaled_scores"]
+    (tmp_path / "config.json").write_text(json.dumps(meta))
+    loaded, _ = DrQAReader.from_pretrained(tmp_path)
+    assert not loaded.config.scaled_scores
+    torch.testing.assert_close(loaded(**b).start_logits[cm], plain(**b).start_logits[cm])

@@ -86,7 +86,7 @@ for stage in "$@"; do
             --output-dir /tmp/qa_warm --results /tmp/qa_warm.md > "$OUT/qa_warmup.log" 2>&1 || tail -20 "$OUT/qa_warmup.log"
         timeout $(( DEADLINE - $(elapsed) + 20 )) python3 /tmp/with_glove_rows.py scripts/train_qa.py \
             --models sru lstm --minutes "$QA_MIN" "$LSTM_MIN" --batch-size "$QA_BATCH" \
-            --lr 4e-3 --threads 0 --clock wall --eval-every-minutes 0.25 --curve-questions 1000 \
+            --lr 4e-3 --dropout 0.15 --threads 0 --clock wall --eval-every-minutes 0.25 --curve-questions 1000 \
             --output-dir /tmp/qa --results "$OUT/squad_h200.md" --tag h200 ${QA_ARGS:-} > "$OUT/qa.log" 2>&1
         echo "train_qa exit $?"; tr '\r' '\n' < "$OUT/qa.log" | grep -E "^(data|==|\[eval\]|results)|Error|error" | tail -40
         ;;

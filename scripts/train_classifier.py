@@ -62,6 +62,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--highway-bias", type=float, default=0.0, help="SRU reset-gate bias")
     p.add_argument("--layer-norm", action="store_true", help="layer norm on every SRU layer's input")
+    p.add_argument("--rescale", action="store_true",
+                   help="scale the SRU highway term by sqrt(1 + 2 exp(highway bias)), as the official sru does")
     p.add_argument("--tag", default="", help="suffix for the run's folder and table rows")
     # the hybrid head
     p.add_argument("--pretrained", default="outputs/main_lm/model", help="pretrained LM folder (for 'hybrid')")
@@ -91,7 +93,7 @@ def word_model(args, encoder: str, vocab: Vocab, embeddings: torch.Tensor) -> Se
     config = SentenceClassifierConfig(
         vocab_size=len(vocab), embed_dim=embeddings.shape[1], encoder=encoder, hidden_size=args.hidden,
         num_layers=args.layers, bidirectional=args.bidirectional, pooling=args.pooling, dropout=args.dropout,
-        highway_bias=args.highway_bias, layer_norm=args.layer_norm,
+        highway_bias=args.highway_bias, layer_norm=args.layer_norm, rescale=args.rescale,
     )
     return SentenceClassifier(config, embeddings)
 
@@ -236,7 +238,8 @@ def label_of(name: str, args) -> str:
     if name == "cnn":
         return "Kim CNN (3/4/5 x 100)"
     extra = "".join([f", highway bias {args.highway_bias:g}" if args.highway_bias and name == "sru" else "",
-                     ", layer norm" if args.layer_norm and name == "sru" else ""])
+                     ", layer norm" if args.layer_norm and name == "sru" else "",
+                     ", rescaled highway" if args.rescale and name == "sru" else ""])
     return f"{name.upper()} {args.layers}-layer{' bi' if args.bidirectional else ''}, {args.pooling} pool{extra}"
 
 

@@ -41,6 +41,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--tune-top-k", type=int, default=1000, help="fine-tune this many frequent question words")
     p.add_argument("--vectors", choices=["glove", "random"], default="glove")
     p.add_argument("--layer-norm", action="store_true", help="layer norm on every SRU layer's input")
+    p.add_argument("--rescale", action="store_true",
+                   help="scale the SRU highway term by sqrt(1 + 2 exp(highway bias)), as the official sru does")
     p.add_argument("--highway-bias", type=float, default=0.0,
                    help="initial SRU reset-gate bias (negative favours the highway path)")
     p.add_argument("--unscaled-scores", action="store_true",
@@ -157,7 +159,7 @@ def main() -> None:
             vocab_size=len(vocab), embed_dim=50, rnn_type=name, hidden_size=args.hidden,
             doc_layers=args.doc_layers, question_layers=args.question_layers, dropout=args.dropout,
             tune_top_k=args.tune_top_k, max_answer_len=args.max_answer_len, layer_norm=args.layer_norm,
-            highway_bias=args.highway_bias, scaled_scores=not args.unscaled_scores,
+            highway_bias=args.highway_bias, scaled_scores=not args.unscaled_scores, rescale=args.rescale,
         )
         model = DrQAReader(config, embeddings)
         train_config = TrainConfig(
@@ -177,7 +179,8 @@ def main() -> None:
                                     dev_scores=scores, train_seconds=result.train_seconds, steps=result.step)
         tok_s = result.tokens / max(result.train_seconds, 1e-9)
         epochs = result.step * args.batch_size / len(train)
-        ln = ", layer norm" if args.layer_norm and name == "sru" else ""
+        ln = (", layer norm" if args.layer_norm and name == "sru" else "") + (
+            ", rescaled highway" if args.rescale and name == "sru" else "")
         rows.append([f"DrQA reader, {name.upper()}{ln}, {budget:g} min{' (' + args.tag + ')' if args.tag else ''}",
                      f"{model.num_parameters(trainable_only=True) / 1e6:.2f}M", f"{result.train_seconds / 60:.1f}",
                      result.step, f"{epochs:.2f}", f"{tok_s:.0f}", scores["exact_match"], scores["f1"],

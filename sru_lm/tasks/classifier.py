@@ -33,6 +33,8 @@ class SentenceClassifierConfig:
         freeze_embeddings: keep the (pretrained) embeddings fixed.
         highway_bias: the SRU reset-gate bias.
         layer_norm: layer normalization on every SRU layer's input.
+        rescale: scale the SRU highway term by ``sqrt(1 + 2 exp(highway_bias))`` (the official ``sru``
+            package's default; off keeps models saved before the option loading as they were).
     """
 
     vocab_size: int
@@ -49,6 +51,7 @@ class SentenceClassifierConfig:
     freeze_embeddings: bool = False
     highway_bias: float = 0.0
     layer_norm: bool = False
+    rescale: bool = False
 
     def __post_init__(self) -> None:
         tuple_fields(self, "cnn_kernel_sizes")
@@ -86,7 +89,8 @@ class SentenceClassifier(TaskModel):
             self.encoder = RNNEncoder(
                 config.embed_dim, config.hidden_size, config.num_layers, config.encoder, config.bidirectional,
                 dropout=config.dropout,
-                sru_kwargs={"highway_bias": config.highway_bias, "layer_norm": config.layer_norm},
+                sru_kwargs={"highway_bias": config.highway_bias, "layer_norm": config.layer_norm,
+                            "rescale": config.rescale},
             )
         self.head = nn.Linear(self.encoder.output_size, config.num_labels)
 

@@ -37,6 +37,8 @@ class DrQAReaderConfig:
         max_answer_len: longest span, in tokens, at decoding.
         highway_bias: the SRU reset-gate bias.
         layer_norm: layer normalization on every SRU layer's input (SRU only).
+        rescale: scale the SRU highway term by ``sqrt(1 + 2 exp(highway_bias))`` (SRU only; the official
+            ``sru`` package's default).
         scaled_scores: divide the start/end scores by ``sqrt(d_doc)`` (as attention does). An SRU's outputs
             have about unit variance by design, an LSTM's a few hundredths (tanh-bounded, small at init); the
             unscaled bilinear over 768 concatenated SRU features starts with logits of std ~3 and gradients
@@ -55,6 +57,7 @@ class DrQAReaderConfig:
     max_answer_len: int = 15
     highway_bias: float = 0.0
     layer_norm: bool = False
+    rescale: bool = False
     scaled_scores: bool = True
 
     def __post_init__(self) -> None:
@@ -93,7 +96,7 @@ class DrQAReader(TaskModel):
             embeddings[0] = 0
         self.embed = PartlyTunedEmbedding(config.vocab_size, E, n_tuned, embeddings)
         self.align = nn.Linear(E, E)
-        sru_kwargs = {"highway_bias": config.highway_bias, "layer_norm": config.layer_norm}
+        sru_kwargs = {"highway_bias": config.highway_bias, "layer_norm": config.layer_norm, "rescale": config.rescale}
         self.doc_rnn = RNNEncoder(E + E + config.num_features, H, config.doc_layers, config.rnn_type, True,
                                   config.dropout, concat_layers=True, sru_kwargs=sru_kwargs)
         self.question_rnn = RNNEncoder(E, H, config.question_layers, config.rnn_type, True,

@@ -223,3 +223,32 @@ def test_reader_starts_near_uniform_at_full_size(rnn_type):
     b["context_ids"] = torch.randint(2, 500, (n, Lc))
     loss = model(**b).loss.item()
     assert abs(loss - 2 * math.log(Lc)) < 0.3, loss
+
+
+def test_rescale_reaches_every_sru_layer_and_survives_saving(tmp_path):
+    """``rescale`` (the official sru's default) scales each layer's highway term by sqrt(1 + 2 exp(b_r)); it
+    must reach every SRU layer of both task models, change the output, and come back from a saved model."""
+    from sru_lm.layers import SRUCell
+
+    torch.manual_seed(0)
+    reader = DrQAReader(DrQAReaderConfig(vocab_size=40, hidden_size=6, doc_layers=2, question_layers=2,
+                                         rescale=True, highway_bias=-1.0)).eval()
+    classifier = SentenceClassifier(SentenceClassifierConfig(vocab_size=40, embed_dim=8, hidden_size=6,
+                                                             rescale=True)).eval()
+    for model, bias in ((reader, -1.0), (classifier, 0.0)):
+        cells = [m for m in model.modules() if isinstance(m, SRUCell)]
+        assert len(cells) == (4 if model is reader else 2)
+        for cell in cells:
+            assert cell.rescale and cell.scale_x == pytest.approx(math.sqrt(1 + 2 * math.exp(bias)))
+
+    plain = SentenceClassifier(dataclasses.replace(classifier.config, rescale=False)).eval()
+    plain.load_state_dict(classifier.state_dict())
+    ids = torch.randint(2, 40, (3, 9))
+    assert not torch.allclose(plain(ids).logits, classifier(ids).logits, atol=1e-4)
+
+    from sru_lm.tasks.text import Vocab
+
+    classifier.save_pretrained(tmp_path, Vocab(["a"]))
+    loaded, _ = SentenceClassifier.from_pretrained(tmp_path)
+    assert loaded.config.rescale
+    torch.testing.assert_close(loaded(ids).logits, classifier(ids).logits)

@@ -10,11 +10,12 @@ from .metrics import (
     lm_scores,
     normalize_answer,
     perplexity,
+    span_errors,
     squad_scores,
     utf8_bytes,
 )
 
 __all__ = [
     "accuracy", "bits_per_byte", "exact_match", "f1", "lm_scores", "normalize_answer", "perplexity",
-    "squad_scores", "utf8_bytes",
+    "span_errors", "squad_scores", "utf8_bytes",
 ]

@@ -93,6 +93,40 @@ def squad_scores(predictions: Mapping[str, str], references: Mapping[str, Sequen
     return {"exact_match": 100.0 * em / n, "f1": 100.0 * f / n}
 
 
+def span_errors(predictions: Mapping[str, str], references: Mapping[str, Sequence[str]]) -> dict[str, float]:
+    """Where the non-exact answers go (x100 of all questions): ``exact``; ``longer`` / ``shorter`` /
+    ``same_length``: not exact but sharing a token with a gold answer, and longer, shorter or as long (in
+    normalized words) as the gold answer it has the best F1 with; ``no_overlap``; and the mean normalized
+    word counts ``pred_words`` and ``gold_words`` (of that best-F1 gold). A reader that finds the right
+    place but cuts the span badly scores F1 without EM: this tells which way it errs.
+
+    >>> golds = {"a": ["Eiffel Tower"], "b": ["Eiffel Tower"]}
+    >>> span_errors({"a": "the Eiffel Tower in Paris", "b": "Tower"}, golds)["longer"]
+    50.0
+    """
+    if not references:
+        raise ValueError("references must hold at least one question")
+    counts = dict.fromkeys(("exact", "longer", "shorter", "same_length", "no_overlap"), 0)
+    pred_words = gold_words = 0
+    for qid, golds in references.items():
+        if not golds:
+            raise ValueError(f"question {qid!r} has no gold answer")
+        pred = predictions.get(qid, "")
+        gold = max(golds, key=lambda g: (exact_match(pred, g), f1(pred, g)))
+        n_pred, n_gold = len(normalize_answer(pred).split()), len(normalize_answer(gold).split())
+        pred_words, gold_words = pred_words + n_pred, gold_words + n_gold
+        if exact_match(pred, gold):
+            counts["exact"] += 1
+        elif f1(pred, gold) == 0:
+            counts["no_overlap"] += 1
+        else:
+            counts["longer" if n_pred > n_gold else "shorter" if n_pred < n_gold else "same_length"] += 1
+    n = len(references)
+    out = {k: 100.0 * v / n for k, v in counts.items()}
+    out.update(pred_words=pred_words / n, gold_words=gold_words / n)
+    return out
+
+
 def perplexity(total_nll: float, n_tokens: int) -> float:
     """exp(total_nll / n_tokens); ``total_nll`` is summed over tokens, in nats."""
     if n_tokens <= 0:

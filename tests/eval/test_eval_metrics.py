@@ -56,6 +56,27 @@ def test_squad_scores_by_hand():
         M.squad_scores({}, {"q": []})
 
 
+def test_span_errors_by_hand():
+    refs = {
+        "exact": ["Eiffel Tower", "the tower"],  # "The Eiffel Tower" normalizes to the first gold
+        "longer": ["Eiffel Tower"],  # 4 words against 2
+        "shorter": ["big red dog", "dog"],  # "red" overlaps only the first (F1 1/2): 1 word against 3
+        "same": ["red big"],  # all tokens shared, order differs: F1 1, EM 0, 2 words against 2
+        "miss": ["Paris"],
+        "none": ["Carolina Panthers"],  # no prediction: counts as no overlap, 0 words
+    }
+    preds = {"exact": "The Eiffel Tower", "longer": "Eiffel Tower in Paris", "shorter": "red", "same": "big red",
+             "miss": "London"}
+    out = M.span_errors(preds, refs)
+    for key in ("exact", "longer", "shorter", "same_length"):
+        assert out[key] == pytest.approx(100 / 6), key
+    assert out["no_overlap"] == pytest.approx(200 / 6)
+    # pred words 2 + 4 + 1 + 2 + 1 + 0 = 10; gold words (best-F1 gold) 2 + 2 + 3 + 2 + 1 + 2 = 12
+    assert out["pred_words"] == pytest.approx(10 / 6) and out["gold_words"] == pytest.approx(12 / 6)
+    with pytest.raises(ValueError, match="no gold answer"):
+        M.span_errors({}, {"q": []})
+
+
 def test_perplexity_and_bits_per_byte_by_direct_computation():
     # A model gives its three targets probabilities 1/2, 1/4, 1/8:
     # nll = ln 2 + 2 ln 2 + 3 ln 2 = 6 ln 2 nats; perplexity = exp(6 ln 2 / 3) = 4; bits/token = 2.

@@ -5,11 +5,13 @@ Random word ids on a batch shaped like a bucketed SQuADShifts batch (32 paragrap
 the paragraph encoder's share and the top operators by self CPU time.
 
     python scripts/reader_step_profile.py --threads 1
+    python scripts/reader_step_profile.py --threads 1 --bf16   # under CPU bf16 autocast (AMX where the CPU has it)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 
 import torch
@@ -25,14 +27,19 @@ def cpu_ms(fn, repeats: int) -> float:
     return (time.process_time() - t0) / repeats * 1000
 
 
-def profile_reader(rnn: str, batch: dict, vocab_size: int, repeats: int, top: int) -> float:
+def profile_reader(rnn: str, batch: dict, vocab_size: int, repeats: int, top: int, bf16: bool = False) -> float:
     """Print the reader's step time, its paragraph encoder's share and top operators; return ms per step."""
     torch.manual_seed(0)
     model = DrQAReader(DrQAReaderConfig(vocab_size=vocab_size, rnn_type=rnn, dropout=0.1)).train()
     opt = torch.optim.AdamW([q for q in model.parameters() if q.requires_grad], lr=1e-3)
 
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+
     def step() -> None:
-        model(**batch).loss.backward()
+        with autocast():
+            loss = model(**batch).loss
+        loss.backward()
         opt.step()
         opt.zero_grad()
 
@@ -41,7 +48,13 @@ def profile_reader(rnn: str, batch: dict, vocab_size: int, repeats: int, top: in
     ms = cpu_ms(step, repeats)
     B, Lc = batch["context_ids"].shape
     x = torch.randn(B, Lc, 2 * model.config.embed_dim + model.config.num_features, requires_grad=True)
-    doc = cpu_ms(lambda: model.doc_rnn(x, batch["context_mask"]).sum().backward(), repeats)
+
+    def doc_step() -> None:
+        with autocast():
+            out = model.doc_rnn(x, batch["context_mask"]).float().sum()
+        out.backward()
+
+    doc = cpu_ms(doc_step, repeats)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
         for _ in range(3):
             step()
@@ -58,6 +71,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=10)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--top", type=int, default=8, help="operators to list per reader")
+    p.add_argument("--bf16", action="store_true", help="run forward passes under torch.autocast('cpu', bfloat16)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     B, Lc, Lq, V = args.batch_size, args.context_len, args.question_len, 50_000
@@ -71,7 +85,7 @@ def main() -> None:
         "start_positions": torch.randint(0, Lc, (B,), generator=g),
         "end_positions": torch.randint(0, Lc, (B,), generator=g),
     }
-    times = {rnn: profile_reader(rnn, batch, V, args.repeats, args.top) for rnn in ("sru", "lstm")}
+    times = {rnn: profile_reader(rnn, batch, V, args.repeats, args.top, args.bf16) for rnn in ("sru", "lstm")}
     print(f"LSTM / SRU step time: {times['lstm'] / times['sru']:.2f}x")
 
 

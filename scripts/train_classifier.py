@@ -38,7 +38,7 @@ from sru_lm.tasks.training import (
     epoch_batches,
 )
 from sru_lm.tasks.vectors import embedding_matrix, load_glove
-from sru_lm.training import TrainConfig, Trainer
+from sru_lm.training import TrainConfig, Trainer, precision_note
 
 
 def parse_args() -> argparse.Namespace:
@@ -86,6 +86,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "process"], default="process")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"], default="no",
+                   help="autocast for training and evaluation (accelerate): bf16 runs the matmuls on a CPU's "
+                        "AMX / AVX512-BF16 units or a GPU's tensor cores; auto: bf16/fp16 on a GPU, fp32 on a CPU")
     return p.parse_args()
 
 
@@ -151,7 +154,7 @@ def run_split(args, ds, output_dir: str, fold: str) -> None:
             output_dir=f"{output_dir}/{run}", lr=lr, weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps, max_steps=int(args.epochs * steps_per_epoch), max_minutes=args.minutes,
             eval_every=steps_per_epoch, checkpoint_every_minutes=10.0, resume=False, seed=args.seed,
-            clock=args.clock,
+            clock=args.clock, mixed_precision=args.mixed_precision,
         )
         collate = classification_collate(enc["train"], labels["train"])
         batches = epoch_batches([len(s) for s in enc["train"]], args.batch_size, collate, args.seed)
@@ -193,7 +196,7 @@ def run_split(args, ds, output_dir: str, fold: str) -> None:
              f"CNN: widths 3/4/5 x 100 maps. AdamW lr {args.lr}"
              + (f"; the hybrid AdamW lr {args.hybrid_lr}" if "hybrid" in args.encoders else "")
              + f". Training time is {clock} with "
-             f"{torch.get_num_threads()} thread(s), evaluation excluded.")
+             f"{torch.get_num_threads()} thread(s), evaluation excluded; {precision_note(args.mixed_precision)}.")
     cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "val acc", "test acc",
             "best epoch"]
     title = f"{args.dataset.upper()} sentiment classification" + (f", {fold} of {args.folds}" if fold else "")

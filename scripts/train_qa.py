@@ -24,7 +24,7 @@ from sru_lm.tasks.qa_data import QACollator, build_vocab, featurize
 from sru_lm.tasks.reader import DrQAReader, DrQAReaderConfig
 from sru_lm.tasks.training import KeepBest, append_results, epoch_batches, qa_step, squad_eval
 from sru_lm.tasks.vectors import embedding_matrix, load_glove
-from sru_lm.training import TrainConfig, Trainer
+from sru_lm.training import TrainConfig, Trainer, precision_note
 
 
 def parse_args() -> argparse.Namespace:
@@ -69,6 +69,9 @@ def parse_args() -> argparse.Namespace:
     # timing on a shared machine: one thread per run and the process's own CPU time (see TrainConfig.clock)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "process"], default="process")
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"], default="no",
+                   help="autocast for training and evaluation (accelerate): bf16 runs the matmuls on a CPU's "
+                        "AMX / AVX512-BF16 units or a GPU's tensor cores; auto: bf16/fp16 on a GPU, fp32 on a CPU")
     return p.parse_args()
 
 
@@ -92,6 +95,7 @@ def train_hybrid(args, run: str, budget: float, train_ds, dev_ds) -> list:
         output_dir=f"{args.output_dir}/{run}", lr=args.hybrid_lr, weight_decay=0.01, warmup_steps=args.warmup_steps,
         max_minutes=budget, max_steps=args.max_steps, eval_every_minutes=args.eval_every_minutes,
         checkpoint_every_minutes=10.0, resume=False, seed=args.seed, clock=args.clock,
+        mixed_precision=args.mixed_precision,
     )
     batches = epoch_batches([len(f.input_ids) for f in train], args.batch_size,
                             lambda idx: subword_collate([train[i] for i in idx]), args.seed)
@@ -166,6 +170,7 @@ def main() -> None:
             output_dir=f"{args.output_dir}/{run}", lr=args.lr, weight_decay=0.0, warmup_steps=args.warmup_steps,
             max_minutes=budget, max_steps=args.max_steps, eval_every_minutes=args.eval_every_minutes,
             checkpoint_every_minutes=10.0, resume=False, seed=args.seed, clock=args.clock,
+            mixed_precision=args.mixed_precision,
         )
         batches = epoch_batches(lengths, args.batch_size, lambda idx: collator([train[i] for i in idx]), args.seed)
         curve_eval = KeepBest(lambda m: squad_eval(m, curve, eval_collator, max_len=args.max_answer_len), "f1")
@@ -208,7 +213,7 @@ def main() -> None:
                      f"a dev answer past the window cannot be found), batch {args.batch_size}, AdamW lr "
                      f"{args.hybrid_lr}, cosine to the time budget.")
     parts.append(f"Training time is {'this process CPU time' if args.clock == 'process' else 'wall time'} with "
-                 f"{torch.get_num_threads()} thread(s), evaluation excluded.")
+                 f"{torch.get_num_threads()} thread(s), evaluation excluded; {precision_note(args.mixed_precision)}.")
     notes = " ".join(parts)
     cols = ["model", "params (trainable)", "train min", "steps", "epochs", "tokens/s", "EM", "F1", "eval s"]
     path = append_results(args.results, "SQuAD v1.1 dev, DrQA-style readers", cols, rows, notes)

@@ -35,6 +35,7 @@ from .trainer import (
     lr_multiplier,
     make_accelerator,
     param_groups,
+    precision_note,
     resolve_mixed_precision,
 )
 
@@ -52,5 +53,6 @@ __all__ = [
     "lr_multiplier",
     "make_accelerator",
     "param_groups",
+    "precision_note",
     "resolve_mixed_precision",
 ]

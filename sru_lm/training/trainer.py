@@ -148,6 +148,12 @@ def resolve_mixed_precision(requested: str) -> str:
     return "no"
 
 
+def precision_note(requested: str) -> str:
+    """How a results table names the precision a ``mixed_precision`` setting trains in on this machine."""
+    resolved = resolve_mixed_precision(requested)
+    return "fp32" if resolved == "no" else f"{resolved} autocast (fp32 weights)"
+
+
 def make_accelerator(config: TrainConfig) -> Accelerator:
     """The ``Accelerator`` a :class:`Trainer` uses; build it first when data must be sharded by rank.
 

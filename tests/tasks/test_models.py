@@ -160,7 +160,7 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _bf16_follows_fp32(model: torch.nn.Module, run, outputs: tuple[str, ...]) -> None:
+def _assert_bf16_follows_fp32(model: torch.nn.Module, run, outputs: tuple[str, ...]) -> None:
     """``run()`` returns the model output; under CPU bf16 autocast (what ``--mixed-precision bf16`` turns on) the
     outputs follow fp32 to bf16 accuracy, the matmuls really run in bf16, and every gradient points the same way."""
     matmul_dtypes = set()
@@ -199,7 +199,7 @@ def test_reader_under_bf16_autocast_follows_fp32(rnn_type):
     torch.manual_seed(0)
     model = _reader(rnn_type).eval()
     batch = _toy_qa(n=6)
-    _bf16_follows_fp32(model, lambda: model(**batch), ("start_logits", "end_logits"))
+    _assert_bf16_follows_fp32(model, lambda: model(**batch), ("start_logits", "end_logits"))
 
 
 @pytest.mark.parametrize("encoder", ENCODERS)
@@ -207,7 +207,7 @@ def test_classifier_under_bf16_autocast_follows_fp32(encoder):
     torch.manual_seed(0)
     model = _classifier(encoder).eval()
     ids, labels = _toy_sentiment(n=16)
-    _bf16_follows_fp32(model, lambda: model(ids, ids.ne(0), labels=labels), ("logits",))
+    _assert_bf16_follows_fp32(model, lambda: model(ids, ids.ne(0), labels=labels), ("logits",))
 
 
 def test_reader_partial_fine_tuning_keeps_rare_rows_fixed():

@@ -140,7 +140,14 @@ class TrainResult:
 
 
 def resolve_mixed_precision(requested: str) -> str:
-    """``auto`` -> bf16 on GPUs that support it, fp16 on older GPUs, ``no`` (fp32) on CPU."""
+    """``auto`` -> bf16 on GPUs that support it, fp16 on older GPUs, ``no`` (fp32) on CPU.
+
+    ``bf16`` also works on a CPU (autocast; fast where the CPU has AMX or AVX512-BF16). ``fp16`` needs CUDA:
+    without it accelerate would quietly train in fp32, so it is refused here.
+    """
+    if requested == "fp16" and not torch.cuda.is_available():
+        raise ValueError("mixed_precision='fp16' needs a CUDA GPU (accelerate ignores it on a CPU); "
+                         "use 'bf16' for mixed precision on a CPU, or 'no'")
     if requested != "auto":
         return requested
     if torch.cuda.is_available():

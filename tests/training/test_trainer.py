@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from accelerate.state import AcceleratorState
 from torch import nn
 
 from sru_lm.training import (
@@ -89,6 +90,36 @@ def test_few_steps_lower_the_loss(tmp_path):
     assert len(curve) == 30 and result.stop_reason == "max_steps"
     assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.3
 
+
+
+@pytest.fixture
+def fresh_accelerator_state():
+    """accelerate keeps one process-wide state; a test that changes the precision must start and leave it clean."""
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_on_a_cpu_autocasts_the_model_and_still_learns(tmp_path, fresh_accelerator_state):
+    """``mixed_precision="bf16"`` without a GPU: accelerate's autocast reaches the model's projections (the head
+    computes in bf16) and training still lowers the loss."""
+    torch.manual_seed(0)
+    model = ToyLM()
+    seen = set()
+    model.head.register_forward_hook(lambda mod, inputs, out: seen.add(out.dtype))
+    config = TrainConfig(output_dir=str(tmp_path), lr=3e-2, warmup_steps=3, max_steps=30, checkpoint_every=None,
+                         checkpoint_every_minutes=None, progress_bar=False, mixed_precision="bf16")
+    curve = losses(Trainer(model, toy_batches(), config, step_fn=CarryStep()).fit())
+    assert seen == {torch.bfloat16}
+    assert sum(curve[-5:]) / 5 < sum(curve[:5]) / 5 - 0.3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="fp16 is valid where CUDA is")
+def test_fp16_without_a_gpu_is_refused(tmp_path):
+    """accelerate would silently train in fp32 (and the results table would say fp16): refuse it up front."""
+    config = TrainConfig(output_dir=str(tmp_path), lr=1e-2, max_steps=2, progress_bar=False, mixed_precision="fp16")
+    with pytest.raises(ValueError, match="fp16.*bf16"):
+        Trainer(ToyLM(), toy_batches(), config, step_fn=CarryStep())
 
 def test_killed_run_resumes_with_the_same_losses(tmp_path):
     _, full = run(tmp_path / "full")

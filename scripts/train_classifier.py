@@ -31,6 +31,7 @@ from sru_lm.tasks.classifier import SentenceClassifier, SentenceClassifierConfig
 from sru_lm.tasks.text import Vocab, tokenize
 from sru_lm.tasks.training import (
     KeepBest,
+    add_precision_arg,
     append_results,
     classification_accuracy,
     classification_collate,
@@ -86,9 +87,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "process"], default="process")
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"], default="no",
-                   help="autocast for training and evaluation (accelerate): bf16 runs the matmuls on a CPU's "
-                        "AMX / AVX512-BF16 units or a GPU's tensor cores; auto: bf16/fp16 on a GPU, fp32 on a CPU")
+    add_precision_arg(p)
     return p.parse_args()
 
 

@@ -22,7 +22,14 @@ import torch
 from sru_lm.data.squad import load_squad_dev, load_squad_shifts
 from sru_lm.tasks.qa_data import QACollator, build_vocab, featurize
 from sru_lm.tasks.reader import DrQAReader, DrQAReaderConfig
-from sru_lm.tasks.training import KeepBest, append_results, epoch_batches, qa_step, squad_eval
+from sru_lm.tasks.training import (
+    KeepBest,
+    add_precision_arg,
+    append_results,
+    epoch_batches,
+    qa_step,
+    squad_eval,
+)
 from sru_lm.tasks.vectors import embedding_matrix, load_glove
 from sru_lm.training import TrainConfig, Trainer, precision_note
 
@@ -69,9 +76,7 @@ def parse_args() -> argparse.Namespace:
     # timing on a shared machine: one thread per run and the process's own CPU time (see TrainConfig.clock)
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     p.add_argument("--clock", choices=["wall", "process"], default="process")
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"], default="no",
-                   help="autocast for training and evaluation (accelerate): bf16 runs the matmuls on a CPU's "
-                        "AMX / AVX512-BF16 units or a GPU's tensor cores; auto: bf16/fp16 on a GPU, fp32 on a CPU")
+    add_precision_arg(p)
     return p.parse_args()
 
 

@@ -6,6 +6,7 @@ The loop itself is :class:`sru_lm.training.Trainer`; nothing here runs an optimi
 
 from __future__ import annotations
 
+import argparse
 import copy
 import datetime
 import os
@@ -20,6 +21,14 @@ from ..training import EpochBatches, StepOutput
 from ..training.cli import command_line, machine_description
 from .qa_data import QACollator, QAFeature, bucketed_batches
 from .spans import decode_spans
+
+
+def add_precision_arg(p: argparse.ArgumentParser) -> None:
+    """``--mixed-precision``, shared by the task scripts (passed on to ``TrainConfig.mixed_precision``)."""
+    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16", "auto"], default="no",
+                   help="autocast for training and evaluation (accelerate): bf16 runs the matmuls on a CPU's "
+                        "AMX / AVX512-BF16 units or a GPU's tensor cores; fp16 needs CUDA; auto: bf16/fp16 on a "
+                        "GPU, fp32 on a CPU")
 
 
 def epoch_batches(

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import shlex
-import subprocess
-import sys
-from datetime import datetime, timezone
 
 import torch
 
+from ..bench.machine import command_line, machine_description, now  # noqa: F401 (re-exported)
 from .trainer import TrainConfig
 
 
@@ -97,25 +92,3 @@ def apply_threads(args: argparse.Namespace) -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-
-def machine_description() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, timeout=5).stdout.splitlines():
-            if line.startswith("Model name:"):
-                cpu = line.split(":", 1)[1].strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    load = f"; load average {os.getloadavg()[0]:.1f} when written" if hasattr(os, "getloadavg") else ""
-    return (f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__} with "
-            f"{torch.get_num_threads()} threads; Python {platform.python_version()}{load}")
-
-
-def command_line() -> str:
-    """How this script was run, quoted for a shell."""
-    return "python " + shlex.join(sys.argv)
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

@@ -6,23 +6,18 @@ out ``(L, B, D, k, H)`` (gate blocks ``[U_x, U_f, U_r, (U_h)]``) so each gate's 
 across hidden units for the recurrence kernels, then runs the elementwise recurrence
 :func:`sru_lm.ops.sru_recurrence`.
 
-Initialization follows the SRU paper's argument (Lei et al. 2018, section 3.2): with inputs of unit
-variance, ``W`` is drawn with variance ``1/d_in`` so every projection has unit variance; the two gate
-blocks and ``v`` are scaled so a gate's pre-activation ``U_f + v_f c`` still has unit variance when
-``c`` does (each term gets half); with dropout ``p`` on the gated term the candidate block ``U_x`` is
-scaled by ``sqrt(1 - p)``; with ``rescale`` the highway term is scaled by ``sqrt(1 + 2 exp(b_r))``
-(``b_r`` = ``highway_bias``), which keeps ``h`` at unit variance when the reset gate starts biased.
+Initialization, the variational dropout mask and the highway scale are shared with the SRU++ layer of the
+model family and defined once, in :mod:`sru_lm.models.sru_init`.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
 
+from ..models.sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 from ..ops import sru_recurrence, sru_step
 
 
@@ -91,31 +86,17 @@ class SRUCell(nn.Module):
         self.bias = nn.Parameter(torch.empty(D, 2, H))
         ln_size = self.output_size if normalize_after else input_size
         self.layer_norm = nn.LayerNorm(ln_size) if layer_norm else None
-        self.scale_x = math.sqrt(1 + 2 * math.exp(highway_bias)) if rescale else 1.0
+        self.scale_x = highway_scale(highway_bias, rescale)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        D, H, k = self.num_directions, self.hidden_size, self.k
-        with torch.no_grad():
-            if self.weight_proj is not None:
-                bound = math.sqrt(3.0 / self.input_size)
-                self.weight_proj.uniform_(-bound, bound)
-            bound = math.sqrt(3.0 / self.weight.shape[1])  # Var = 1 / d_in
-            self.weight.uniform_(-bound, bound)
-            w = self.weight.view(D, k, H, -1)
-            if self.dropout > 0:
-                w[:, 0].mul_(math.sqrt(1 - self.dropout))
-            if not self.v1:
-                w[:, 1:3].mul_(math.sqrt(0.5))  # half the gate variance from U, half from v * c
-                self.weight_c.uniform_(-math.sqrt(1.5), math.sqrt(1.5))  # Var = 0.5
-            else:
-                self.weight_c.zero_()
-            if k == 4 and self.rescale:
-                w[:, 3].mul_(self.scale_x)
-            self.bias.zero_()
-            self.bias[:, 1].fill_(self.highway_bias)
-            if self.layer_norm is not None:
-                self.layer_norm.reset_parameters()
+        if self.weight_proj is not None:
+            uniform_fan_in_(self.weight_proj)
+        init_sru_weights_(
+            self.weight, self.weight_c, self.bias, self.dropout, self.highway_bias, self.scale_x, v1=self.v1
+        )
+        if self.layer_norm is not None:
+            self.layer_norm.reset_parameters()
 
     def compute_U(self, x: torch.Tensor) -> torch.Tensor:
         """The projections ``U = x W``: ``(..., input_size) -> (..., D*k*H)``; x already layer-normed."""
@@ -124,10 +105,7 @@ class SRUCell(nn.Module):
         return F.linear(x, self.weight)
 
     def _dropout_mask(self, batch: int, like: torch.Tensor) -> torch.Tensor | None:
-        if not (self.training and self.dropout > 0):
-            return None
-        keep = 1.0 - self.dropout
-        return like.new_empty(batch, self.output_size).bernoulli_(keep).div_(keep)
+        return dropout_mask(batch, self.output_size, self.dropout, self.training, like)
 
     def _check_input(self, x: torch.Tensor, rank: int) -> None:
         if not isinstance(x, torch.Tensor):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 
 import torch
 import torch.nn.functional as F
@@ -55,6 +54,7 @@ from transformers.modeling_outputs import (
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, SRULMConfig
 from .sru_backend import sru_recurrence, sru_step
+from .sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 
 logger = logging.getLogger(__name__)
 
@@ -145,32 +145,18 @@ class SRULMLayer(GradientCheckpointingLayer):
         self.weight_c = nn.Parameter(torch.zeros(D, 2, H))
         self.bias = nn.Parameter(torch.zeros(D, 2, H))
         self.highway_bias = config.highway_bias
-        self.scale_x = math.sqrt(1 + 2 * math.exp(config.highway_bias)) if config.rescale else 1.0
+        self.scale_x = highway_scale(config.highway_bias, config.rescale)
 
     @torch.no_grad()
     def init_sru_weights(self) -> None:
-        """SRU-paper init: each projection keeps unit variance (Var W = 1/fan_in); the gate rows of W3 and
-        ``v`` each carry half of a gate's variance; ``U_x`` rows are scaled by sqrt(1 - dropout); ``b_r`` =
-        highway_bias; alpha = 0 so attention starts switched off. Uses ``transformers.initialization``
-        so weights loaded by ``from_pretrained`` are left alone."""
-        D, H = self.num_directions, self.hidden_size
-        d, dp = self.in_proj.in_features, self.in_proj.out_features
-        bound = math.sqrt(3.0 / d)
-        init.uniform_(self.in_proj.weight, -bound, bound)
-        bound = math.sqrt(3.0 / dp)
+        """SRU-paper init (:func:`~.sru_init.init_sru_weights_`, shared with ``SRUCell``) for W1, W2 and the
+        SRU's W3/v/b; alpha = 0 so attention starts switched off. Weights loaded by ``from_pretrained`` are
+        left alone."""
+        uniform_fan_in_(self.in_proj.weight)
         if self.attention is not None:
-            init.uniform_(self.attention.kv_proj.weight, -bound, bound)
+            uniform_fan_in_(self.attention.kv_proj.weight)
             init.zeros_(self.alpha)
-        w = self.out_proj.weight
-        w3 = torch.empty(w.shape, device=w.device, dtype=torch.float32).uniform_(-bound, bound)
-        w3.view(D, 3, H, dp)[:, 1:3] *= math.sqrt(0.5)
-        if self.dropout > 0:
-            w3.view(D, 3, H, dp)[:, 0] *= math.sqrt(1 - self.dropout)
-        init.copy_(w, w3)
-        init.uniform_(self.weight_c, -math.sqrt(1.5), math.sqrt(1.5))  # Var 0.5
-        b = torch.zeros(D, 2, H, device=self.bias.device)
-        b[:, 1] = self.highway_bias
-        init.copy_(self.bias, b)
+        init_sru_weights_(self.out_proj.weight, self.weight_c, self.bias, self.dropout, self.highway_bias)
         init.ones_(self.norm.weight)
         init.zeros_(self.norm.bias)
 
@@ -190,21 +176,18 @@ class SRULMLayer(GradientCheckpointingLayer):
         if self.normalize_after:
             z = self.norm(z)
         U = self.out_proj(z)  # (L, B, D*3*H)
-        dropout_mask = None
-        if self.training and self.dropout > 0:
-            keep = 1.0 - self.dropout
-            dropout_mask = U.new_empty(B, d).bernoulli_(keep).div_(keep)
+        mask = dropout_mask(B, d, self.dropout, self.training, U)  # (B, d), the same at every step
         c0 = None if cache is None else cache.c
         x = x.to(U.dtype)  # the highway input: under autocast U comes out of out_proj in bf16/fp16
         if c0 is not None and L == 1 and not self.bidirectional:
             h, c = sru_step(
                 U[0], x[0], self.weight_c, self.bias, c0,
-                None if mask_pad is None else mask_pad[0], dropout_mask, self.scale_x,
+                None if mask_pad is None else mask_pad[0], mask, self.scale_x,
             )
             h = h[None]  # (1, B, d)
         else:
             h, c = sru_recurrence(
-                U, x, self.weight_c, self.bias, c0, mask_pad, dropout_mask, self.bidirectional, self.scale_x
+                U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.bidirectional, self.scale_x
             )
         if cache is not None:
             cache.update_state(c, L)

@@ -14,6 +14,7 @@ from sru_lm import (
     SRULMForSequenceClassification,
     SRULMModel,
 )
+from sru_lm.models.configuration_sru_lm import ATTENTION_LAYER
 
 TOL = dict(atol=2e-5, rtol=1e-4)
 
@@ -94,7 +95,7 @@ def test_cache_holds_constant_size_sru_state_and_kv_for_attention_layers():
         cache = model(torch.randint(1, VOCAB, (2, 10)), use_cache=True).cache
     for layer_type, layer in zip(cfg.layer_types, cache.layers, strict=True):
         assert layer.c.shape == (2, cfg.hidden_size) and layer.c.dtype == torch.float32
-        if layer_type == "hybrid":
+        if layer_type == ATTENTION_LAYER:
             assert layer.keys.shape[:2] == (2, cfg.num_attention_heads) and layer.keys.shape[2] >= 10
             assert layer.keys.shape[3] == cfg.projection_size // cfg.num_attention_heads
         else:

@@ -14,13 +14,33 @@ measured on this machine), which would hand the SRU an unfair speed advantage.
 
 from __future__ import annotations
 
+import logging
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..layers import SRUCell
 
+logger = logging.getLogger(__name__)
 RNN_TYPES = ("sru", "lstm")
+_warned_lstm_bf16 = False
+
+
+def _run_lstm(lstm: nn.LSTM, h: torch.Tensor) -> torch.Tensor:
+    """``lstm(h)[0]``. oneDNN has no bf16 LSTM primitive on CPUs without AVX512-BF16/AMX: under CPU bf16
+    autocast it raises "could not create a primitive descriptor". There the LSTM runs in fp32 with autocast
+    off (logged once); the other layers still autocast."""
+    global _warned_lstm_bf16
+    if (h.device.type != "cpu" or not torch.is_autocast_enabled("cpu")
+            or torch.get_autocast_dtype("cpu") != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        return lstm(h)[0]
+    if not _warned_lstm_bf16:
+        _warned_lstm_bf16 = True
+        logger.warning("this CPU has no bf16 LSTM kernel (no AVX512-BF16/AMX): the LSTM layers run in fp32 "
+                       "under bf16 autocast")
+    with torch.autocast("cpu", enabled=False):
+        return lstm(h.to(lstm.weight_ih_l0.dtype))[0]
 
 
 def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -96,9 +116,9 @@ class RNNEncoder(nn.Module):
                 h, _ = layer(h, mask_pad=pad)
             else:
                 # a forward LSTM never sees the padding after a sequence; the backward one reads the reversal
-                hs = [layer[0](h)[0]]
+                hs = [_run_lstm(layer[0], h)]
                 if len(layer) == 2:
-                    hs.append(reverse_padded(layer[1](reverse_padded(h, lengths))[0], lengths))
+                    hs.append(reverse_padded(_run_lstm(layer[1], reverse_padded(h, lengths)), lengths))
                 h = torch.cat(hs, -1).masked_fill(pad.unsqueeze(-1), 0.0)  # (L, B, D*H)
             outputs.append(h)
         out = torch.cat(outputs, -1) if self.concat_layers else outputs[-1]  # (L, B, output_size)

@@ -134,11 +134,12 @@ class DrQAReader(TaskModel):
         b = _masked_softmax(self.question_attn(q_h).squeeze(-1), qm)  # (B, Lq)
         q_vec = (b.unsqueeze(-1) * q_h).sum(1)  # (B, d_q)
 
-        neg = torch.finfo(p_h.dtype).min
         if self.config.scaled_scores:
             p_h = p_h * p_h.shape[-1] ** -0.5
-        start_logits = (p_h @ self.start(q_vec).unsqueeze(-1)).squeeze(-1).masked_fill(~cm, neg)  # (B, Lc)
-        end_logits = (p_h @ self.end(q_vec).unsqueeze(-1)).squeeze(-1).masked_fill(~cm, neg)
+        start_logits = (p_h @ self.start(q_vec).unsqueeze(-1)).squeeze(-1)  # (B, Lc)
+        end_logits = (p_h @ self.end(q_vec).unsqueeze(-1)).squeeze(-1)
+        neg = torch.finfo(start_logits.dtype).min  # the logits' dtype: under autocast it can differ from p_h's
+        start_logits, end_logits = start_logits.masked_fill(~cm, neg), end_logits.masked_fill(~cm, neg)
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = F.cross_entropy(start_logits, start_positions) + F.cross_entropy(end_logits, end_positions)

@@ -10,7 +10,8 @@ from transformers import PreTrainedConfig
 
 SRU_LAYER = "linear_attention"  # an SRU layer without attention: U = W2 LN(W1 x)
 ATTENTION_LAYER = "hybrid"  # an SRU++ layer: attention computes the SRU's input (and keeps a KV cache)
-POSITION_EMBEDDING_TYPES = ("none", "rotary")
+ROTARY = "rotary"
+POSITION_EMBEDDING_TYPES = ("none", ROTARY)
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:
@@ -61,6 +62,10 @@ class SRULMConfig(PreTrainedConfig):
         initializer_range: std of the normal init of embeddings and task heads (SRU weights use the SRU
             paper's variance-preserving init, see ``SRULMPreTrainedModel._init_weights``).
         use_cache: return an :class:`~sru_lm.models.cache.SRULMCache` from forward by default.
+        sru_backend: the SRU recurrence backend for every layer (``"reference"``, ``"cpu"``, ``"triton"``, ...;
+            see :func:`sru_lm.ops.select_backend`, which rejects unknown names); None (default) chooses by
+            device, or from the ``SRU_LM_BACKEND`` environment variable. Saved with the config; override at
+            load with ``from_pretrained(path, sru_backend="reference")``.
 
     Example:
         >>> config = SRULMConfig(vocab_size=1000, hidden_size=256, num_hidden_layers=6, attention_every_n_layers=3)
@@ -91,19 +96,39 @@ class SRULMConfig(PreTrainedConfig):
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
     use_cache: bool = True
+    sru_backend: str | None = None
     pad_token_id: int | None = None
     bos_token_id: int | None = None
     eos_token_id: int | list[int] | None = None
 
     def __post_init__(self, **kwargs):
+        _check_int("hidden_size", self.hidden_size, 1)
+        if self.projection_size is None:
+            self.projection_size = max(1, self.hidden_size // 4)
+        _check_int("num_hidden_layers", self.num_hidden_layers, 1)
+        self.layer_types = self._resolve_layer_types()
+        if self.bidirectional and self.use_cache:
+            self.use_cache = False  # an encoder reads the whole sequence: there is nothing to cache
+        self.validate_sru_lm()
+        super().__post_init__(**kwargs)
+
+    def validate(self) -> None:
+        """transformers' checks (run by ``save_pretrained``) plus :meth:`validate_sru_lm`."""
+        super().validate()
+        self.validate_sru_lm()
+
+    def validate_sru_lm(self) -> None:
+        """Raise ``ValueError``/``TypeError`` for sizes and options the model cannot be built from. Run when the
+        config is created and again when a model is built from it, so a field changed in between (say
+        ``num_attention_heads``) fails here with a clear message rather than inside a forward."""
         _check_int("vocab_size", self.vocab_size, 1)
         _check_int("hidden_size", self.hidden_size, 1)
         _check_int("num_hidden_layers", self.num_hidden_layers, 1)
         _check_int("num_attention_heads", self.num_attention_heads, 1)
-        if self.projection_size is None:
-            self.projection_size = max(1, self.hidden_size // 4)
         _check_int("projection_size", self.projection_size, 1)
-        self.layer_types = self._resolve_layer_types()
+        if self.layer_types is None:
+            raise ValueError("layer_types must be a list with one entry per layer, got None")
+        self._resolve_layer_types()  # checks length, entries and agreement with attention_every_n_layers
         if ATTENTION_LAYER in self.layer_types and self.projection_size % self.num_attention_heads:
             raise ValueError(
                 f"projection_size ({self.projection_size}) must be divisible by num_attention_heads "
@@ -114,7 +139,7 @@ class SRULMConfig(PreTrainedConfig):
                 f"position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
                 f"got {self.position_embedding_type!r}"
             )
-        if self.position_embedding_type == "rotary" and (self.projection_size // self.num_attention_heads) % 2:
+        if self.position_embedding_type == ROTARY and (self.projection_size // self.num_attention_heads) % 2:
             raise ValueError(
                 f"rotary position embeddings need an even head size, got projection_size / num_attention_heads = "
                 f"{self.projection_size} / {self.num_attention_heads}"
@@ -124,13 +149,15 @@ class SRULMConfig(PreTrainedConfig):
                 "bidirectional=True splits hidden_size between two directions, so it must be even, "
                 f"got {self.hidden_size}"
             )
-        if self.bidirectional and self.use_cache:
-            self.use_cache = False  # an encoder reads the whole sequence: there is nothing to cache
         for name in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
             _check_rate(name, getattr(self, name))
         if not self.layer_norm_eps > 0:
             raise ValueError(f"layer_norm_eps must be > 0, got {self.layer_norm_eps!r}")
-        super().__post_init__(**kwargs)
+        if self.sru_backend is not None and not isinstance(self.sru_backend, str):
+            raise TypeError(
+                f"sru_backend must be None (choose by device) or a backend name such as 'reference', "
+                f"got {type(self.sru_backend).__name__} {self.sru_backend!r}"
+            )
 
     def _resolve_layer_types(self) -> list[str]:
         n_layers, every = self.num_hidden_layers, self.attention_every_n_layers

@@ -52,7 +52,7 @@ from transformers.modeling_outputs import (
 )
 
 from .cache import SRULMCache, SRULMLayerCache
-from .configuration_sru_lm import ATTENTION_LAYER, SRULMConfig
+from .configuration_sru_lm import ATTENTION_LAYER, ROTARY, SRULMConfig
 from .sru_backend import sru_recurrence, sru_step
 from .sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 
@@ -146,6 +146,7 @@ class SRULMLayer(GradientCheckpointingLayer):
         self.bias = nn.Parameter(torch.zeros(D, 2, H))
         self.highway_bias = config.highway_bias
         self.scale_x = highway_scale(config.highway_bias, config.rescale)
+        self.config = config  # read at forward: config.sru_backend may be changed on a built model
 
     @torch.no_grad()
     def init_sru_weights(self) -> None:
@@ -183,11 +184,13 @@ class SRULMLayer(GradientCheckpointingLayer):
             h, c = sru_step(
                 U[0], x[0], self.weight_c, self.bias, c0,
                 None if mask_pad is None else mask_pad[0], mask, self.scale_x,
+                backend=self.config.sru_backend,
             )
             h = h[None]  # (1, B, d)
         else:
             h, c = sru_recurrence(
-                U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.bidirectional, self.scale_x
+                U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.bidirectional, self.scale_x,
+                backend=self.config.sru_backend,
             )
         if cache is not None:
             cache.update_state(c, L)
@@ -228,6 +231,11 @@ class SRULMPreTrainedModel(PreTrainedModel):
     _no_split_modules = ["SRULMLayer"]
     _supports_sdpa = True
     _is_stateful = True  # the SRU state cannot be rolled back: generate() refuses assisted decoding up front
+
+    def __init__(self, config: SRULMConfig, *inputs, **kwargs) -> None:
+        if hasattr(config, "validate_sru_lm"):  # (a remote-code config class is another class of the same name)
+            config.validate_sru_lm()  # again: fields may have changed since the config was created
+        super().__init__(config, *inputs, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):

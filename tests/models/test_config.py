@@ -74,3 +74,46 @@ def test_heads_without_attention_need_no_divisibility():
     assert config.projection_size == 15 and set(config.layer_types) == {SRU_LAYER}
     with pytest.raises(ValueError):  # the same sizes with attention layers are refused
         SRULMConfig(hidden_size=64, projection_size=15, num_attention_heads=4, attention_every_n_layers=2)
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (dict(num_attention_heads=3), "divisible by num_attention_heads"),
+        (dict(num_hidden_layers=4), "num_hidden_layers=4"),
+        (dict(layer_types=["hybrid", "attention", "hybrid"]), "layer_types entries"),
+        (dict(hidden_dropout=1.5), "hidden_dropout"),
+        (dict(hidden_size="24"), "hidden_size must be an int"),
+        (dict(sru_backend=3), "sru_backend"),
+    ],
+)
+def test_a_config_changed_after_creation_is_checked_when_a_model_is_built(change, match):
+    """The model's forward would otherwise fail with a raw reshape/index error (or silently run wrong)."""
+    from sru_lm import SRULMForCausalLM, SRULMForQuestionAnswering, SRULMForSequenceClassification, SRULMModel
+
+    for cls in (SRULMModel, SRULMForCausalLM, SRULMForSequenceClassification, SRULMForQuestionAnswering):
+        config = SRULMConfig(vocab_size=50, hidden_size=24, num_hidden_layers=3, num_attention_heads=2,
+                             projection_size=8, attention_every_n_layers=2)
+        for name, value in change.items():
+            setattr(config, name, value)
+        with pytest.raises((ValueError, TypeError), match=match):
+            cls(config)
+
+
+def test_sru_backend_defaults_to_none_and_must_be_a_string():
+    assert SRULMConfig().sru_backend is None
+    assert SRULMConfig(sru_backend="reference").sru_backend == "reference"
+    assert SRULMConfig.from_dict(SRULMConfig(sru_backend="reference").to_dict()).sru_backend == "reference"
+    with pytest.raises(TypeError, match="sru_backend must be None .* got int 1"):
+        SRULMConfig(sru_backend=1)
+
+
+def test_layer_types_are_transformers_names():
+    """config.json stores these strings; transformers' DynamicCache and validate_layer_type know them."""
+    from transformers.configuration_utils import ALLOWED_ATTN_LAYER_TYPES
+
+    from sru_lm.models.configuration_sru_lm import ATTENTION_LAYER
+
+    assert (ATTENTION_LAYER, SRU_LAYER) == ("hybrid", "linear_attention")
+    assert {ATTENTION_LAYER, SRU_LAYER} <= set(ALLOWED_ATTN_LAYER_TYPES)
+    SRULMConfig(num_hidden_layers=3, attention_every_n_layers=2).validate()  # transformers' own checks pass too

@@ -1,7 +1,8 @@
 """The SRU++ model family for transformers; importing it registers every class with the Auto classes.
 
-``configuration_sru_lm.py``, ``modeling_sru_lm.py``, ``cache.py`` and ``sru_backend.py`` import only torch,
-transformers and each other, so ``save_pretrained`` can ship them for ``trust_remote_code=True`` loading.
+``configuration_sru_lm.py``, ``modeling_sru_lm.py``, ``cache.py``, ``sru_backend.py`` and ``sru_init.py`` import
+only torch, transformers and each other, so ``save_pretrained`` can ship them for ``trust_remote_code=True``
+loading.
 """
 
 from __future__ import annotations

@@ -262,6 +262,19 @@ class SRULMPreTrainedModel(PreTrainedModel):
                 return model.eval()
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained``; the config's ``auto_map`` names every head of the family, not only
+        this model's class, so ``trust_remote_code=True`` loads the checkpoint into each Auto class without
+        ``sru_lm`` (e.g. a causal LM fine-tuned as a classifier). A bidirectional model has no causal-LM head."""
+        if self.is_remote_code():
+            module = type(self).__module__.rsplit(".", 1)[-1]
+            heads = {
+                auto: f"{module}.{cls.__name__}" for auto, cls in AUTO_CLASSES.items()
+                if not (self.config.bidirectional and auto == "AutoModelForCausalLM")
+            }
+            self.config.auto_map = {**(getattr(self.config, "auto_map", None) or {}), **heads}
+        return super().save_pretrained(save_directory, *args, **kwargs)
+
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.initializer_range
         if isinstance(module, SRULMLayer):
@@ -601,11 +614,15 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
         return result if return_dict else result.to_tuple()
 
 
+AUTO_CLASSES = {  # every Auto class the family fills: registered here, named in a saved config's auto_map
+    "AutoModel": SRULMModel,
+    "AutoModelForCausalLM": SRULMForCausalLM,
+    "AutoModelForSequenceClassification": SRULMForSequenceClassification,
+    "AutoModelForQuestionAnswering": SRULMForQuestionAnswering,
+}
 SRULMConfig.register_for_auto_class()
-SRULMModel.register_for_auto_class("AutoModel")
-SRULMForCausalLM.register_for_auto_class("AutoModelForCausalLM")
-SRULMForSequenceClassification.register_for_auto_class("AutoModelForSequenceClassification")
-SRULMForQuestionAnswering.register_for_auto_class("AutoModelForQuestionAnswering")
+for _auto, _cls in AUTO_CLASSES.items():
+    _cls.register_for_auto_class(_auto)
 
 __all__ = [
     "SRULMAttention",

@@ -56,7 +56,7 @@ def test_save_and_load_round_trip_exactly(tmp_path, cls):
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert {"config.json", "model.safetensors", "modeling_sru_lm.py", "configuration_sru_lm.py"} <= files
-    assert {"cache.py", "sru_backend.py"} <= files  # the modeling file's sibling imports travel with it
+    assert {"cache.py", "sru_backend.py", "sru_init.py"} <= files  # the modeling file's sibling imports travel with it
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "sru_lm" and "auto_map" in config
     for auto in (AutoModelForCausalLM, cls):  # through the Auto registry too
@@ -197,3 +197,119 @@ def test_text_generation_pipeline():
     tokenizer.padding_side = "left"
     batch = generator(["the quick", "a simple recurrent unit"], max_new_tokens=4, do_sample=False, batch_size=2)
     assert [b[0]["generated_text"][:9] for b in batch] == ["the quick", "a simple "]
+
+
+def test_sru_backend_is_saved_overridable_at_load_and_reaches_the_recurrence(tmp_path, monkeypatch):
+    from sru_lm.models import modeling_sru_lm
+
+    seen = []
+
+    def spy(fn):
+        def wrapped(*args, **kwargs):
+            seen.append(kwargs.get("backend"))
+            return fn(*args, **kwargs)
+        return wrapped
+
+    monkeypatch.setattr(modeling_sru_lm, "sru_recurrence", spy(modeling_sru_lm.sru_recurrence))
+    monkeypatch.setattr(modeling_sru_lm, "sru_step", spy(modeling_sru_lm.sru_step))
+    torch.manual_seed(0)
+    model = randomize(SRULMForCausalLM(tiny_config(sru_backend="reference")))
+    model.save_pretrained(tmp_path)
+    assert json.loads((tmp_path / "config.json").read_text())["sru_backend"] == "reference"
+    loaded = SRULMForCausalLM.from_pretrained(tmp_path)
+    assert loaded.config.sru_backend == "reference"
+    ids = torch.randint(1, VOCAB, (2, 5))
+    with torch.no_grad():
+        out = loaded(ids, use_cache=True)
+        loaded(ids[:, :1], cache=out.cache)  # one decoding step: sru_step
+    assert seen == ["reference"] * 2 * loaded.config.num_hidden_layers
+    seen.clear()
+    default = AutoModelForCausalLM.from_pretrained(tmp_path, sru_backend=None)
+    assert default.config.sru_backend is None
+    with torch.no_grad():
+        torch.testing.assert_close(default(ids).logits, out.logits, atol=2e-5, rtol=1e-4)
+    assert seen == [None] * loaded.config.num_hidden_layers
+    # an unknown name reaches the ops layer, which refuses it
+    bad = SRULMForCausalLM.from_pretrained(tmp_path, sru_backend="no-such-backend")
+    assert bad.config.sru_backend == "no-such-backend"
+    with pytest.raises(ValueError, match="no-such-backend"):
+        bad(ids)
+
+
+REMOTE_HEADS_SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+
+    class NoSruLm(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "sru_lm" or name.startswith("sru_lm."):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            return None
+
+    sys.meta_path.insert(0, NoSruLm())
+    import torch
+    import transformers
+
+    model_dir, out_file = sys.argv[1], sys.argv[2]
+    ids = torch.load(out_file)["ids"]
+    result = {}
+    for auto in ("AutoModel", "AutoModelForCausalLM", "AutoModelForSequenceClassification",
+                 "AutoModelForQuestionAnswering"):
+        model = getattr(transformers, auto).from_pretrained(model_dir, trust_remote_code=True).eval()
+        base = getattr(model, "model", model)
+        with torch.no_grad():
+            hidden = base(ids).last_hidden_state
+        result[auto] = (type(model).__name__, type(model).__module__, hidden)
+    result["sru_lm_modules"] = [m for m in sys.modules if m == "sru_lm" or m.startswith("sru_lm.")]
+    torch.save(result, out_file)
+    """
+)
+
+
+def test_auto_map_names_every_head_and_remote_code_loads_each(tmp_path):
+    torch.manual_seed(0)
+    model = randomize(SRULMForCausalLM(tiny_config()))
+    model_dir = tmp_path / "sru-tiny"
+    model.save_pretrained(model_dir)
+    auto_map = json.loads((model_dir / "config.json").read_text())["auto_map"]
+    assert auto_map == {
+        "AutoConfig": "configuration_sru_lm.SRULMConfig",
+        "AutoModel": "modeling_sru_lm.SRULMModel",
+        "AutoModelForCausalLM": "modeling_sru_lm.SRULMForCausalLM",
+        "AutoModelForSequenceClassification": "modeling_sru_lm.SRULMForSequenceClassification",
+        "AutoModelForQuestionAnswering": "modeling_sru_lm.SRULMForQuestionAnswering",
+    }
+    ids = torch.randint(1, VOCAB, (2, 6))
+    out_file = tmp_path / "out.pt"
+    torch.save({"ids": ids}, out_file)
+    script = tmp_path / "load_heads.py"
+    script.write_text(REMOTE_HEADS_SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run(
+        [sys.executable, str(script), str(model_dir), str(out_file)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = torch.load(out_file)
+    assert result.pop("sru_lm_modules") == []
+    with torch.no_grad():
+        want = model.model(ids).last_hidden_state
+    names = {
+        "AutoModel": "SRULMModel", "AutoModelForCausalLM": "SRULMForCausalLM",
+        "AutoModelForSequenceClassification": "SRULMForSequenceClassification",
+        "AutoModelForQuestionAnswering": "SRULMForQuestionAnswering",
+    }
+    assert set(result) == set(names)
+    for auto, (name, module, hidden) in result.items():
+        assert name == names[auto] and module.startswith("transformers_modules."), (auto, name, module)
+        torch.testing.assert_close(hidden, want, atol=2e-5, rtol=1e-4, msg=auto)  # the saved weights were loaded
+
+
+def test_a_bidirectional_model_maps_no_causal_lm_head(tmp_path):
+    SRULMForQuestionAnswering(tiny_config(bidirectional=True)).save_pretrained(tmp_path)
+    auto_map = json.loads((tmp_path / "config.json").read_text())["auto_map"]
+    assert "AutoModelForCausalLM" not in auto_map
+    assert {"AutoConfig", "AutoModel", "AutoModelForSequenceClassification", "AutoModelForQuestionAnswering"} <= set(
+        auto_map
+    )

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
-import math
 import os
 
 import torch
@@ -60,15 +58,22 @@ def available() -> bool:
 # ----------------------------------------------------------------------------------------------------
 
 
+SCHEDULES = ("tile", "step")
+
+
 @dataclasses.dataclass(frozen=True)
 class KernelConfig:
-    """How a scan is cut into programs.
+    """How a scan is cut into programs and walked in time.
 
+    sched: ``"tile"`` (chunks of T steps loaded as tiles, prefetched by hand) or ``"step"`` (one step per
+        iteration of a ``tl.range`` loop pipelined ``stages`` deep by Triton; the backward then reads c
+        saved at every step). See :mod:`sru_lm.ops.triton_kernels`.
     block_h: hidden units per program (a power of 2); the launcher uses ``block_h // (32 * vec)`` warps.
     vec: adjacent units per thread (vector width of every load and store).
-    t_fwd, t_bwd: time steps per prefetched chunk in the forward and backward kernels.
-    recompute: the backward rebuilds c from one checkpoint per ``t_bwd`` steps (True) or reads c saved
-        at every step (False).
+    t_fwd, t_bwd: time steps per prefetched chunk in the forward and backward ``"tile"`` kernels.
+    recompute: ``"tile"`` backward rebuilds c from one checkpoint per ``t_bwd`` steps (True) or reads c
+        saved at every step (False). Ignored by ``"step"``, which always reads it.
+    stages: ``num_stages`` of the ``"step"`` loops (1 = no pipelining).
     """
 
     block_h: int = 64
@@ -76,6 +81,8 @@ class KernelConfig:
     t_fwd: int = 8
     t_bwd: int = 8
     recompute: bool = True
+    sched: str = "tile"
+    stages: int = 3
 
     @property
     def num_warps(self) -> int:
@@ -86,13 +93,50 @@ class KernelConfig:
             val = getattr(self, name)
             if val < 1 or val & (val - 1):
                 raise ValueError(f"KernelConfig.{name} must be a power of 2, got {val}")
+        if self.sched not in SCHEDULES:
+            raise ValueError(f"KernelConfig.sched must be one of {SCHEDULES}, got {self.sched!r}")
+        if self.stages < 1:
+            raise ValueError(f"KernelConfig.stages must be >= 1, got {self.stages}")
+
+
+# ----------------------------------------------------------------------------------------------------
+# Defaults by size class: the one table the launchers read (no autotuning at run time)
+# ----------------------------------------------------------------------------------------------------
+
+# A scan's size class is set by its columns N = B * D * H (independent programs' worth of work): the
+# scan is latency-bound, and what fills an H200's 132 SMs is the number of programs, N / block_h.
+SIZE_CLASSES = (  # (name, largest N in the class); the benchmark sizes sit in the middle two
+    ("narrow", 4096),  # decoding batches, small models
+    ("medium", 16384),  # L=128 B=32 d=512
+    ("wide", 32768),  # L=1024 B=16 d=2048
+    ("huge", None),
+)
+
+# NOT YET MEASURED: placeholders equal to the heuristic used until now on an H200 (the widest block
+# that gives every SM two programs, one unit per thread, tile schedule, chunks of 8). To be replaced by
+# the table `scripts/bench_gpu.py --sweep` prints (benchmarks/triton_sweep_h200.md) after a device run.
+DEFAULTS_MEASURED = False
+DEFAULTS: dict[str, KernelConfig] = {
+    "narrow": KernelConfig(block_h=32),
+    "medium": KernelConfig(block_h=32),
+    "wide": KernelConfig(block_h=64),
+    "huge": KernelConfig(block_h=128),
+}
+# Under the interpreter the cost is per operation, not per element: wide blocks.
+INTERPRETER_DEFAULT = KernelConfig(block_h=64)
+
+
+def size_class(B: int, D: int, H: int) -> str:
+    """The :data:`DEFAULTS` key for a scan of B rows, D directions and H units."""
+    n = B * D * H
+    return next(name for name, top in SIZE_CLASSES if top is None or n <= top)
 
 
 _overrides: dict = {}
 
 
 def set_kernel_config(**kw) -> None:
-    """Override fields of the heuristic :class:`KernelConfig` for every later call (none to reset)."""
+    """Override fields of the default :class:`KernelConfig` for every later call (none to reset)."""
     KernelConfig(**kw)  # validate names and values
     _overrides.clear()
     _overrides.update(kw)
@@ -100,48 +144,72 @@ def set_kernel_config(**kw) -> None:
 
 def _env_overrides() -> dict:
     spec = os.environ.get("SRU_LM_TRITON_CONFIG", "")
-    out = {}
+    out: dict = {}
     for item in filter(None, (s.strip() for s in spec.split(","))):
         key, _, val = item.partition("=")
-        out[key.strip()] = bool(int(val)) if key.strip() == "recompute" else int(val)
+        key = key.strip()
+        out[key] = bool(int(val)) if key == "recompute" else val.strip() if key == "sched" else int(val)
     return out
 
 
-@functools.lru_cache(maxsize=8)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
 def kernel_config(B: int, D: int, H: int, device: torch.device) -> KernelConfig:
-    """The block sizes for a scan of B rows, D directions, H units: heuristic, then overrides.
-
-    On a GPU: the widest block (one unit per thread) that still gives every SM at least two programs,
-    since the scan is latency-bound when the columns B*D*H are few. Under the interpreter: wide blocks,
-    because its cost is per operation, not per element.
-    """
-    if device.type == "cuda":
-        n_sm = _num_sms(device.index if device.index is not None else torch.cuda.current_device())
-        block = 32
-        for cand in (256, 128, 64):
-            if B * D * math.ceil(H / cand) >= 2 * n_sm:
-                block = cand
-                break
-        cfg = KernelConfig(block_h=block)
+    """The config for a scan of B rows, D directions, H units: :data:`DEFAULTS` by size class on a GPU
+    (:data:`INTERPRETER_DEFAULT`, narrowed to H, elsewhere), then ``SRU_LM_TRITON_CONFIG``, then
+    :func:`set_kernel_config`. Pure Python on shapes: no device query, cheap to trace."""
+    if device.type == "cuda" or _recorder is not None:
+        cfg = DEFAULTS[size_class(B, D, H)]
     else:
-        cfg = KernelConfig(block_h=min(64, triton.next_power_of_2(max(H, 1))))
+        cfg = dataclasses.replace(INTERPRETER_DEFAULT,
+                                  block_h=min(INTERPRETER_DEFAULT.block_h, triton.next_power_of_2(max(H, 1))))
     kw = {**_env_overrides(), **_overrides}
     return dataclasses.replace(cfg, **kw) if kw else cfg
 
 
-def _save_every(cfg: KernelConfig | None = None) -> int:
-    """How often the training forward saves c: every ``t_bwd`` steps when recomputing, else every step.
+def _save_every(cfg: KernelConfig) -> int:
+    """How often the training forward saves c: every ``t_bwd`` steps when the tile backward recomputes,
+    else every step (the step backward always reads c per step)."""
+    return cfg.t_bwd if cfg.recompute and cfg.sched == "tile" else 1
 
-    Without ``cfg`` it reads only the overrides (no device query), so torch.compile traces it cheaply."""
-    if cfg is None:
-        kw = {**_env_overrides(), **_overrides}
-        recompute, t_bwd = kw.get("recompute", KernelConfig.recompute), kw.get("t_bwd", KernelConfig.t_bwd)
-        return t_bwd if recompute else 1
-    return cfg.t_bwd if cfg.recompute else 1
+
+# ----------------------------------------------------------------------------------------------------
+# One launch point, and a recorder of launches (what scripts/triton_aot.py compiles ahead of time)
+# ----------------------------------------------------------------------------------------------------
+
+_recorder: list | None = None
+
+
+def _describe(a) -> list:
+    """What Triton specializes a kernel argument on: a tensor's dtype and 16-byte alignment, an int's value
+    (== 1, divisible by 16), a float's type. Enough to rebuild the launch with mock arguments."""
+    if isinstance(a, Tensor):
+        return ["tensor", str(a.dtype), a.data_ptr() % 16]
+    if isinstance(a, bool):
+        return ["bool", a]
+    if isinstance(a, int):
+        return ["int", a]
+    if isinstance(a, float):
+        return ["float", a]
+    raise TypeError(f"unexpected kernel argument {type(a).__name__}")
+
+
+def _launch(kernel, grid, args: tuple, meta: dict) -> None:
+    if _recorder is not None:
+        _recorder.append({"kernel": kernel.__name__, "args": [_describe(a) for a in args], "meta": dict(meta)})
+        return
+    kernel[grid](*args, **meta)
+
+
+@contextlib.contextmanager
+def recording():
+    """Within the block, kernel launches are recorded (as :func:`_describe` lists) instead of run, on any
+    device, and the configs are the GPU's (:data:`DEFAULTS`): run a workload on small CPU tensors of the
+    real widths H to list the kernel variants it would compile on a GPU. Outputs stay unwritten."""
+    global _recorder
+    outer, _recorder = _recorder, []
+    try:
+        yield _recorder
+    finally:
+        _recorder = outer
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -171,8 +239,10 @@ def _fwd_into(
     h: Tensor, c_last: Tensor, c_saved: Tensor | None, save_every: int, cfg: KernelConfig | None = None,
 ) -> None:
     """Forward scan into ``h`` (L, B, D*H), ``c_last`` (B, D*H) fp32 and, when ``save_every`` > 0,
-    ``c_saved`` (ceil(L / save_every), B, D*H) fp32 = c_{t-1} at steps 0, save_every, 2*save_every, ..."""
-    from .triton_kernels import _sru_fwd_kernel
+    ``c_saved`` (ceil(L / save_every), B, D*H) fp32 = c_{t-1} at steps 0, save_every, 2*save_every, ...
+
+    The ``"step"`` schedule saves every step only; with ``save_every`` > 1 the tile kernel runs."""
+    from .triton_kernels import _sru_fwd_kernel, _sru_fwd_step_kernel
 
     L, B, D, H, K = _dims(U, v, bidirectional)
     if B == 0 or H == 0:
@@ -180,18 +250,21 @@ def _fwd_into(
     cfg = cfg or kernel_config(B, D, H, U.device)
     U = U.contiguous()
     grid = (triton.cdiv(H, cfg.block_h), B, D)
+    args = (
+        U, x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
+        initial_state.contiguous() if initial_state is not None else c_last,
+        _pad_bytes(mask_pad) if mask_pad is not None else U,
+        dropout_mask.contiguous() if dropout_mask is not None else U,
+        h, c_last, c_saved if save_every > 0 else c_last,
+        L, B, H, float(scale_x),
+    )
+    flags = dict(D=D, K=K, HAS_C0=initial_state is not None, HAS_PAD=mask_pad is not None,
+                 HAS_M=dropout_mask is not None, BLOCK_H=cfg.block_h, VEC=cfg.vec, num_warps=cfg.num_warps)
     with _on_device(U):
-        _sru_fwd_kernel[grid](
-            U, x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
-            initial_state.contiguous() if initial_state is not None else c_last,
-            _pad_bytes(mask_pad) if mask_pad is not None else U,
-            dropout_mask.contiguous() if dropout_mask is not None else U,
-            h, c_last, c_saved if save_every > 0 else c_last,
-            L, B, H, float(scale_x),
-            D=D, K=K, HAS_C0=initial_state is not None, HAS_PAD=mask_pad is not None,
-            HAS_M=dropout_mask is not None, SAVE_EVERY=save_every, T=cfg.t_fwd, BLOCK_H=cfg.block_h,
-            VEC=cfg.vec, num_warps=cfg.num_warps,
-        )
+        if cfg.sched == "step" and save_every <= 1:
+            _launch(_sru_fwd_step_kernel, grid, args, dict(SAVE=save_every == 1, STAGES=cfg.stages, **flags))
+        else:
+            _launch(_sru_fwd_kernel, grid, args, dict(SAVE_EVERY=save_every, T=cfg.t_fwd, **flags))
 
 
 def _bwd_into(
@@ -204,8 +277,8 @@ def _bwd_into(
     partial sums ``dvb_partial`` (B, D, 4, H) fp32 = [dv_f, dv_r, db_f, db_r] (sum over B for dv, db).
 
     ``c_saved`` must come from :func:`_fwd_into` with the same ``save_every`` (1: c at every step; > 1:
-    checkpoints, and the backward chunk is ``save_every`` steps)."""
-    from .triton_kernels import _sru_bwd_kernel
+    checkpoints, and the tile backward's chunk is ``save_every`` steps)."""
+    from .triton_kernels import _sru_bwd_kernel, _sru_bwd_step_kernel
 
     L, B, D, H, K = _dims(U, v, bidirectional)
     if B == 0 or H == 0:
@@ -221,21 +294,24 @@ def _bwd_into(
         return
     cfg = cfg or kernel_config(B, D, H, U.device)
     recompute = save_every > 1
-    T = save_every if recompute else cfg.t_bwd
     U = U.contiguous()
     grid = (triton.cdiv(H, cfg.block_h), B, D)
+    args = (
+        dh.contiguous(), dc_last.contiguous() if dc_last is not None else dc0, U,
+        x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
+        _pad_bytes(mask_pad) if mask_pad is not None else U,
+        dropout_mask.contiguous() if dropout_mask is not None else U,
+        c_saved, dU, dx if K == 3 else dU, dvb_partial, dc0,
+        L, B, H, float(scale_x),
+    )
+    flags = dict(D=D, K=K, HAS_DC=dc_last is not None, HAS_PAD=mask_pad is not None,
+                 HAS_M=dropout_mask is not None, BLOCK_H=cfg.block_h, VEC=cfg.vec, num_warps=cfg.num_warps)
     with _on_device(U):
-        _sru_bwd_kernel[grid](
-            dh.contiguous(), dc_last.contiguous() if dc_last is not None else dc0, U,
-            x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
-            _pad_bytes(mask_pad) if mask_pad is not None else U,
-            dropout_mask.contiguous() if dropout_mask is not None else U,
-            c_saved, dU, dx if K == 3 else dU, dvb_partial, dc0,
-            L, B, H, float(scale_x),
-            D=D, K=K, HAS_DC=dc_last is not None, HAS_PAD=mask_pad is not None,
-            HAS_M=dropout_mask is not None, RECOMPUTE=recompute, T=T, BLOCK_H=cfg.block_h, VEC=cfg.vec,
-            num_warps=cfg.num_warps,
-        )
+        if cfg.sched == "step" and not recompute:
+            _launch(_sru_bwd_step_kernel, grid, args, dict(STAGES=cfg.stages, **flags))
+        else:
+            T = save_every if recompute else cfg.t_bwd
+            _launch(_sru_bwd_kernel, grid, args, dict(RECOMPUTE=recompute, T=T, **flags))
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -297,7 +373,10 @@ def _scan_bwd(
     _bwd_into(dh, dc_last, U, x, v, b, mask_pad, dropout_mask, c_saved, bidirectional, scale_x,
               save_every, dU, dx, partial, dc0)
     dvb = partial.sum(0)  # (D, 4, H)
-    return dU, dx, dvb[:, 0:2].clone(), dvb[:, 2:4].clone(), dc0
+    # fresh (D, 2, H) tensors, not clones of the slices: with D = 1 a clone keeps the slice's strides
+    # (4H, H, 1), which DDP then finds unlike the parameter's (2H, H, 1)
+    dv, db = (torch.empty(D, 2, H, dtype=torch.float32, device=U.device).copy_(dvb[:, i:i + 2]) for i in (0, 2))
+    return dU, dx, dv, db, dc0
 
 
 @_scan_bwd.register_fake
@@ -332,11 +411,18 @@ def _backward(ctx, dh, dc_last, _dc_saved):
     return (
         dU,
         dx if x is not None else None,
-        dv.to(v.dtype),
-        db.to(b.dtype),
-        dc0.to(initial_state.dtype) if initial_state is not None else None,
+        _laid_like(dv, v),
+        _laid_like(db, b),
+        _laid_like(dc0, initial_state) if initial_state is not None else None,
         None, None, None, None, None,
     )
+
+
+def _laid_like(g: Tensor, p: Tensor) -> Tensor:
+    """``g`` in ``p``'s dtype and strides: DDP copies a gradient laid out unlike its parameter."""
+    if g.dtype == p.dtype and g.stride() == p.stride():
+        return g
+    return torch.empty_like(p).copy_(g)  # empty_like keeps p's strides when p is dense
 
 
 torch.library.register_autograd("sru_lm::sru_scan_fwd", _backward, setup_context=_setup_context)
@@ -367,7 +453,7 @@ def sru_recurrence_triton(
     L, B, D, H, K = _dims(U, v, bidirectional)
     tensors = (U, x, v, b, initial_state)
     needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors)
-    save_every = _save_every() if needs_grad else 0
+    save_every = _save_every(kernel_config(B, D, H, U.device)) if needs_grad else 0
     h, c_last, _ = torch.ops.sru_lm.sru_scan_fwd(
         U, x if K == 3 else None, v, b, initial_state, mask_pad, dropout_mask, bidirectional,
         float(scale_x), save_every,
@@ -376,7 +462,7 @@ def sru_recurrence_triton(
 
 
 def _step_block(H: int, device: torch.device) -> int:
-    if device.type == "cuda":
+    if device.type == "cuda" or _recorder is not None:
         return min(256, max(32, triton.next_power_of_2(H)))
     return min(64, triton.next_power_of_2(max(H, 1)))
 
@@ -389,15 +475,16 @@ def _launch_step(U, x, v, b, c, c_out, h, mask_pad, dropout_mask, scale_x) -> No
         return
     K = U.shape[-1] // H
     block = _step_block(H, U.device)
+    args = (
+        U, x if K == 3 else U, v, b, c,
+        mask_pad.view(torch.uint8) if mask_pad is not None else U,
+        dropout_mask if dropout_mask is not None else U,
+        h, c_out, H, float(scale_x),
+    )
+    meta = dict(K=K, HAS_PAD=mask_pad is not None, HAS_M=dropout_mask is not None, BLOCK_H=block,
+                num_warps=max(1, block // 128))
     with _on_device(U):
-        _sru_step_kernel[(triton.cdiv(H, block), B)](
-            U, x if K == 3 else U, v, b, c,
-            mask_pad.view(torch.uint8) if mask_pad is not None else U,
-            dropout_mask if dropout_mask is not None else U,
-            h, c_out, H, float(scale_x),
-            K=K, HAS_PAD=mask_pad is not None, HAS_M=dropout_mask is not None, BLOCK_H=block,
-            num_warps=max(1, block // 128),
-        )
+        _launch(_sru_step_kernel, (triton.cdiv(H, block), B), args, meta)
 
 
 def sru_step_triton(

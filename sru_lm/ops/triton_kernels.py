@@ -14,6 +14,18 @@ its compare-and-select folds to register moves.
 
 Step order. Direction 0 walks time forward, direction 1 backward: step s of direction d is at time
 ``t = s`` or ``t = L - 1 - s``. Rows past the end (the last chunk may be partial) behave as padding.
+
+Two schedules, chosen per launch by ``KernelConfig.sched`` in :mod:`sru_lm.ops.triton_backend`:
+
+- ``"tile"`` (above): :func:`_sru_fwd_kernel` / :func:`_sru_bwd_kernel` prefetch by hand, a chunk of
+  T steps at a time; the backward rebuilds c from one checkpoint per chunk, or reads it per step.
+- ``"step"``: :func:`_sru_fwd_step_kernel` / :func:`_sru_bwd_step_kernel` run one step per iteration of
+  ``tl.range(0, L, num_stages=STAGES)`` and leave the prefetch to Triton's software pipeliner (each
+  step's addresses depend on the step index only, never on the carried state); the backward reads
+  c_{t-1} saved at every step.
+
+What the compiler makes of each for sm_90 (registers, instructions per step, where loads land) is in
+``sru_lm/ops/TRITON_NOTES.md``.
 """
 
 from __future__ import annotations
@@ -314,3 +326,149 @@ def _sru_step_kernel(
         h = tl.where(real, h, 0.0)
     tl.store(p_h + col, h.to(p_h.dtype.element_ty), mask=mask_h)
     tl.store(p_c_out + col, c_new.to(p_c_out.dtype.element_ty), mask=mask_h)
+
+
+# ----------------------------------------------------------------------------------------------------
+# "step" schedule: one time step per iteration, prefetch left to Triton's pipeliner (tl.range stages)
+# ----------------------------------------------------------------------------------------------------
+
+
+@triton.jit(do_not_specialize=["L", "B"])
+def _sru_fwd_step_kernel(
+    p_U, p_x, p_v, p_b, p_c0, p_pad, p_m,
+    p_h, p_c_last, p_c_saved,
+    L, B, H, scale_x,
+    D: tl.constexpr, K: tl.constexpr,
+    HAS_C0: tl.constexpr, HAS_PAD: tl.constexpr, HAS_M: tl.constexpr,
+    SAVE: tl.constexpr, BLOCK_H: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Forward scan, one step per iteration; with SAVE, c_{t-1} of step s goes to ``p_c_saved[s]``."""
+    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)
+    mask_h = offs_h < H
+    col = (i_b * D + i_d) * H + offs_h  # offset into (B, D*H) tensors
+
+    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_C0:
+        c = tl.load(p_c0 + col, mask=mask_h, other=0.0).to(tl.float32)
+    else:
+        c = tl.zeros([BLOCK_H], dtype=tl.float32)
+    if HAS_M:
+        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+    for s in tl.range(0, L, num_stages=STAGES):
+        t = _time_of(s, L, i_d).to(tl.int64)
+        row = (t * B + i_b) * D + i_d  # (t, b, d)
+        p = p_U + row * (K * H) + offs_h
+        u0 = tl.load(p, mask=mask_h, other=0.0).to(tl.float32)
+        uf = tl.load(p + H, mask=mask_h, other=0.0).to(tl.float32)
+        ur = tl.load(p + 2 * H, mask=mask_h, other=0.0).to(tl.float32)
+        if K == 4:
+            xt = tl.load(p + 3 * H, mask=mask_h, other=0.0).to(tl.float32)
+        else:
+            xt = tl.load(p_x + row * H + offs_h, mask=mask_h, other=0.0).to(tl.float32) * scale_x
+        if SAVE:
+            tl.store(p_c_saved + tl.cast(s, tl.int64) * (B * D * H) + col, c, mask=mask_h)
+        f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
+        g = r * (c_new - xt)
+        if HAS_M:
+            g = g * m
+        h = g + xt
+        if HAS_PAD:
+            real = tl.load(p_pad + t * B + i_b) == 0
+            c = tl.where(real, c_new, c)
+            h = tl.where(real, h, 0.0)
+        else:
+            c = c_new
+        tl.store(p_h + row * H + offs_h, h.to(p_h.dtype.element_ty), mask=mask_h)
+    tl.store(p_c_last + col, c, mask=mask_h)
+
+
+@triton.jit(do_not_specialize=["L", "B"])
+def _sru_bwd_step_kernel(
+    p_dh, p_dc_last, p_U, p_x, p_v, p_b, p_pad, p_m, p_c_saved,
+    p_dU, p_dx, p_dvb, p_dc0,
+    L, B, H, scale_x,
+    D: tl.constexpr, K: tl.constexpr,
+    HAS_DC: tl.constexpr, HAS_PAD: tl.constexpr, HAS_M: tl.constexpr,
+    BLOCK_H: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
+):
+    """Backward scan, last step first, one step per iteration; ``p_c_saved[s]`` = c_{t-1} of step s.
+    Outputs as in :func:`_sru_bwd_kernel`."""
+    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)
+    mask_h = offs_h < H
+    col = (i_b * D + i_d) * H + offs_h
+
+    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_M:
+        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_DC:
+        dc = tl.load(p_dc_last + col, mask=mask_h, other=0.0).to(tl.float32)
+    else:
+        dc = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dvf = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dvr = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dbf = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dbr = tl.zeros([BLOCK_H], dtype=tl.float32)
+    for k in tl.range(0, L, num_stages=STAGES):
+        s = L - 1 - k
+        t = _time_of(s, L, i_d).to(tl.int64)
+        row = (t * B + i_b) * D + i_d
+        p = p_U + row * (K * H) + offs_h
+        u0 = tl.load(p, mask=mask_h, other=0.0).to(tl.float32)
+        uf = tl.load(p + H, mask=mask_h, other=0.0).to(tl.float32)
+        ur = tl.load(p + 2 * H, mask=mask_h, other=0.0).to(tl.float32)
+        if K == 4:
+            xt = tl.load(p + 3 * H, mask=mask_h, other=0.0).to(tl.float32)
+        else:
+            xt = tl.load(p_x + row * H + offs_h, mask=mask_h, other=0.0).to(tl.float32) * scale_x
+        dh = tl.load(p_dh + row * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+        c = tl.load(p_c_saved + tl.cast(s, tl.int64) * (B * D * H) + col, mask=mask_h, other=0.0)
+        f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
+        if HAS_M:
+            mr = m * r
+            dr = dh * m * (c_new - xt)
+        else:
+            mr = r
+            dr = dh * (c_new - xt)
+        dcn = dc + dh * mr  # dL/dc_t, through h_t and through c_{t+1}
+        daf = dcn * (c - u0) * f * (1.0 - f)
+        dar = dr * r * (1.0 - r)
+        du0 = dcn * (1.0 - f)
+        dxp = dh * (1.0 - mr)
+        dc_new = dcn * f + daf * vf + dar * vr
+        if HAS_PAD:
+            real = tl.load(p_pad + t * B + i_b) == 0
+            dc = tl.where(real, dc_new, dc)
+            daf = tl.where(real, daf, 0.0)
+            dar = tl.where(real, dar, 0.0)
+            du0 = tl.where(real, du0, 0.0)
+            dxp = tl.where(real, dxp, 0.0)
+        else:
+            dc = dc_new
+        dvf += daf * c
+        dvr += dar * c
+        dbf += daf
+        dbr += dar
+        p_du = p_dU + row * (K * H) + offs_h
+        tl.store(p_du, du0.to(p_dU.dtype.element_ty), mask=mask_h)
+        tl.store(p_du + H, daf.to(p_dU.dtype.element_ty), mask=mask_h)
+        tl.store(p_du + 2 * H, dar.to(p_dU.dtype.element_ty), mask=mask_h)
+        if K == 4:
+            tl.store(p_du + 3 * H, dxp.to(p_dU.dtype.element_ty), mask=mask_h)
+        else:
+            tl.store(p_dx + row * H + offs_h, (dxp * scale_x).to(p_dx.dtype.element_ty), mask=mask_h)
+    tl.store(p_dc0 + col, dc, mask=mask_h)
+    p_part = p_dvb + (i_b * D + i_d) * (4 * H) + offs_h
+    tl.store(p_part, dvf, mask=mask_h)
+    tl.store(p_part + H, dvr, mask=mask_h)
+    tl.store(p_part + 2 * H, dbf, mask=mask_h)
+    tl.store(p_part + 3 * H, dbr, mask=mask_h)

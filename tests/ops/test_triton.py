@@ -117,6 +117,16 @@ CASES = {
     "uni-k3-all-bf16": (12, 3, 24, False, 3, True, True, True, torch.bfloat16, dict(SMALL)),
     "bi-k4-all-bf16": (8, 3, 20, True, 4, True, True, True, torch.bfloat16, dict(SMALL, recompute=False)),
     "uni-k3-pad-fp16": (9, 3, 20, False, 3, False, True, False, torch.float16, dict(SMALL, t_fwd=8, t_bwd=4)),
+    # awkward sizes: 63 steps (partial last chunk of 16 and of 8), 100 units (partial last block of 32)
+    "uni-k4-T63-H100": (63, 1, 100, False, 4, False, False, False, torch.float32,
+                        dict(block_h=128, t_fwd=16, t_bwd=8)),
+    # the "step" schedule: one step per tl.range iteration, pipelined STAGES deep; c saved per step
+    "step-uni-k3-all-T63-H100": (63, 2, 100, False, 3, True, True, True, torch.float32,
+                                 dict(sched="step", block_h=64, stages=3)),
+    "step-bi-k4-all-bf16": (9, 2, 20, True, 4, True, True, True, torch.bfloat16,
+                            dict(sched="step", block_h=16, stages=4)),
+    "step-bi-k3-drop-fp16": (8, 3, 20, True, 3, False, False, True, torch.float16,
+                             dict(sched="step", block_h=16, stages=1)),
 }
 
 
@@ -137,20 +147,20 @@ def test_scan_matches_reference(case):
         assert (h[inp["mask_pad"]] == 0).all(), "padded steps must output exactly zero"
 
 
-@pytest.mark.parametrize("k, bidirectional", [(3, True), (4, False)])
-def test_every_output_element_is_written(k, bidirectional):
+@pytest.mark.parametrize("k, bidirectional, sched", [(3, True, "tile"), (4, False, "tile"), (3, True, "step")])
+def test_every_output_element_is_written(k, bidirectional, sched):
     """Outputs start as NaN: an element a kernel forgets to write fails the comparison."""
     L, B, H, D = 7, 2, 20, 2 if bidirectional else 1
     inp = make_inputs(L, B, H, bidirectional, k, True, True, True, torch.float32)
     inp = {n: t.detach() if isinstance(t, torch.Tensor) else t for n, t in inp.items()}
     args = [inp[n] for n in ("U", "x", "v", "b", "initial_state", "mask_pad", "dropout_mask")]
-    cfg = tb.KernelConfig(**SMALL)
+    cfg = tb.KernelConfig(**SMALL, sched=sched, stages=2)
     h_ref, c_ref = sru_recurrence_ref(*args, bidirectional, inp["scale_x"])
 
     def nans(*shape, dtype=torch.float32):
         return torch.full(shape, float("nan"), dtype=dtype, device=DEVICE)
 
-    for save_every in (1, 4):
+    for save_every in (1, 4) if sched == "tile" else (1,):
         h, c_last, c_saved = nans(L, B, D * H), nans(B, D * H), nans(-(-L // save_every), B, D * H)
         tb._fwd_into(*args, bidirectional, inp["scale_x"], h, c_last, c_saved, save_every, cfg)
         for name, t in (("h", h), ("c_last", c_last), ("c_saved", c_saved)):
@@ -294,11 +304,44 @@ def test_step_chain_equals_scan():
     assert_close(c, c_scan, torch.float32, "c")
 
 
+@pytest.mark.parametrize("sched", ["tile", "step"])
+def test_parameter_gradients_are_laid_out_like_parameters(sched):
+    """DDP copies (and warns about) a gradient whose strides differ from its parameter's. With D = 1 a
+    slice of the (D, 4, H) partial sums has strides (4H, H, 1) where v has (2H, H, 1)."""
+    tb.set_kernel_config(block_h=8, t_fwd=4, t_bwd=4, sched=sched)
+    inp = make_inputs(5, 2, 8, False, 3, True, False, False, torch.float32)
+    # b as a dense but transposed view (a parameter stored (1, H, 2)): its gradient must follow it
+    inp["b"] = inp["b"].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    names = ["v", "b", "initial_state"]
+    h, c = sru_recurrence(**inp, backend="triton")
+    grads = torch.autograd.grad(h.sum() + c.sum(), [inp[n] for n in names])
+    for name, g in zip(names, grads, strict=True):
+        assert g.stride() == inp[name].stride(), f"d{name}: strides {g.stride()} vs {inp[name].stride()}"
+    assert inp["b"].stride() == (16, 1, 2)
+
+
+def test_defaults_come_from_one_table_by_size_class(monkeypatch):
+    """On a GPU the config is DEFAULTS[size_class] with the overrides on top; the benchmark sizes
+    (L=128 B=32 d=512, L=1024 B=16 d=2048) and a decoding batch fall in classes of their own."""
+    cuda = torch.device("cuda")  # kernel_config reads shapes only: no device is touched
+    classes = {tb.size_class(B, 1, d) for B, d in ((32, 512), (16, 2048), (1, 2048))}
+    assert len(classes) == 3, classes
+    for name, cfg in tb.DEFAULTS.items():
+        assert isinstance(cfg, tb.KernelConfig), name
+    assert {name for name, _ in tb.SIZE_CLASSES} == set(tb.DEFAULTS)
+    assert tb.kernel_config(16, 1, 2048, cuda) == tb.DEFAULTS[tb.size_class(16, 1, 2048)]
+    tb.set_kernel_config(sched="step", stages=2)
+    cfg = tb.kernel_config(32, 1, 512, cuda)
+    assert (cfg.sched, cfg.stages, cfg.block_h) == ("step", 2, tb.DEFAULTS[tb.size_class(32, 1, 512)].block_h)
+    with pytest.raises(ValueError, match="sched"):
+        tb.set_kernel_config(sched="scan")
+
+
 def test_availability_and_config_override(monkeypatch):
     assert tb.available() and tb.why_unavailable() == ""
-    monkeypatch.setenv("SRU_LM_TRITON_CONFIG", "block_h=32, t_fwd=16, recompute=0")
+    monkeypatch.setenv("SRU_LM_TRITON_CONFIG", "block_h=32, t_fwd=16, recompute=0, sched=step, stages=4")
     cfg = tb.kernel_config(4, 1, 100, torch.device(DEVICE))
-    assert (cfg.block_h, cfg.t_fwd, cfg.recompute) == (32, 16, False)
+    assert (cfg.block_h, cfg.t_fwd, cfg.recompute, cfg.sched, cfg.stages) == (32, 16, False, "step", 4)
     with pytest.raises(ValueError, match="power of 2"):
         tb.set_kernel_config(block_h=48)
 

@@ -1,8 +1,9 @@
 """Language-model training and evaluation on top of :class:`~sru_lm.training.trainer.Trainer`.
 
 Model families differ in one respect that matters here: what state, if any, runs from one segment to
-the next. A :class:`StateAdapter` hides that: ``forward(model, input_ids, state) -> (logits, state)``,
-``keep_rows(state, keep)`` (zero the rows that start a new document) and ``detach``. Three exist:
+the next. An adapter hides that: ``forward(model, input_ids, state) -> (logits, state)``,
+``keep_rows(state, keep)`` (zero the rows that start a new document) and ``detach``; :func:`adapter_for`
+picks it. Three exist, the last two subclasses of the first:
 
 - :class:`StatelessAdapter`: any Hugging Face causal LM (GPT-2): no state;
 - :class:`LSTMAdapter`: :class:`~sru_lm.training.baselines.LSTMLanguageModel`, state ``(h, c)``;
@@ -110,8 +111,8 @@ class SRULMAdapter(StatelessAdapter):
 
     The model's cache holds attention keys/values and SRU state together. Across training segments only
     the SRU state is carried (no Transformer-XL memory for the attention layers), so each call gets a
-    fresh ``SRULMCache`` whose layers hold just the given ``c`` (``update_state(c, 0)``: no tokens seen,
-    so attention starts empty), and the new ``c`` of every layer is read back from the returned cache.
+    fresh cache holding just the given states (``SRULMCache.from_states``: no tokens seen, so attention
+    starts empty), and the new states are read back with ``sru_states()``.
     """
 
     stateful = True
@@ -125,15 +126,11 @@ class SRULMAdapter(StatelessAdapter):
         if state is None and not return_state:  # no cache: attention keeps no keys/values
             return model(input_ids=input_ids, use_cache=False).logits, None
 
-        cache = None
-        if state is not None:
-            cache = SRULMCache(getattr(model, "module", model).config)
-            for layer, c in zip(cache.layers, state, strict=True):
-                layer.update_state(c, 0)
+        cache = None if state is None else SRULMCache.from_states(getattr(model, "module", model).config, state)
         out = model(input_ids=input_ids, cache=cache, use_cache=True)
         if out.cache is None:  # e.g. gradient checkpointing turns the cache off
             return out.logits, None
-        return out.logits, tuple(layer.c for layer in out.cache.layers)
+        return out.logits, out.cache.sru_states()
 
 
 def adapter_for(model: nn.Module) -> StatelessAdapter:

@@ -1,9 +1,11 @@
-"""One training loop for every model in the package: language models now, classifier and QA heads later.
+"""One training loop for every model in the package: the language models, the word-level task models
+(sentence classifiers, DrQA readers) and the LM's classification and QA heads.
 
 The loop owns what every run needs and nothing task-specific:
 
 - ``accelerate`` for devices, processes (``accelerate launch --num_processes N``) and mixed precision
-  (bf16 on GPUs that have it, fp16 with a grad scaler on older GPUs, fp32 on CPU);
+  (``auto``: bf16 on GPUs that have it, fp16 with a grad scaler on older GPUs, fp32 on CPU; bf16
+  autocast on CPU when asked for);
 - AdamW or RAdam with weight-decay groups, gradient accumulation, gradient clipping;
 - linear warmup then cosine decay, driven by *progress*: the largest used fraction of the budgets
   ``max_steps``, ``max_tokens``, ``max_minutes``, so a time-budgeted run decays to its floor exactly
@@ -20,8 +22,9 @@ What is task-specific comes in as three objects:
 - ``batches``: an iterator of micro-batches; if it has ``state_dict``/``load_state_dict`` its
   position is checkpointed (see :mod:`sru_lm.training.batches`);
 - ``step_fn(model, batch) -> StepOutput``: runs the model and returns the loss to minimise and the
-  number of tokens it covered; it may keep state between calls (the carried SRU state of an LM) and
-  expose it through ``state_dict``/``load_state_dict`` to be checkpointed;
+  number of tokens it covered (default :func:`causal_lm_step`: ``model(**batch).loss``); it may keep
+  state between calls (the carried SRU state of an LM) and expose it through
+  ``state_dict``/``load_state_dict`` to be checkpointed;
 - ``eval_fn(model) -> dict[str, float]``: validation, run every ``eval_every`` steps or
   ``eval_every_minutes`` of training time, and at the end; its time is not counted as training time.
 """

@@ -17,7 +17,9 @@ schedule, budgets, validation, atomic checkpoints and exact resume. A fine-tunin
 
 The language-model pieces (:mod:`sru_lm.training.lm`) add the step that carries recurrent state
 across segments and the sliding-window / streaming evaluation; :mod:`sru_lm.training.baselines`
-holds the GPT-2 and LSTM peers; :mod:`sru_lm.training.pipeline` the end-to-end recipe the scripts run.
+holds the GPT-2 and LSTM peers; :mod:`sru_lm.training.pipeline` the end-to-end recipe the scripts run;
+:mod:`sru_lm.training.compare` the size-matched comparison behind ``scripts/compare_lm.py``;
+:mod:`sru_lm.training.cli` the command-line flags the LM scripts share.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Atomic training checkpoints.
 
-A checkpoint is a directory ``<output_dir>/checkpoints/step-000123/`` holding
+A checkpoint is a directory ``<output_dir>/checkpoints/step-0000123/`` holding
 
 - ``model.pt``, ``optimizer.pt``: state dicts (written by the main process),
 - ``trainer_state.json``: step, tokens, training seconds, the loss/eval history, the config,
@@ -9,7 +9,8 @@ A checkpoint is a directory ``<output_dir>/checkpoints/step-000123/`` holding
 
 It is written under a ``.tmp`` name and renamed into place with ``os.replace``; then the ``latest``
 file (also replaced atomically) is pointed at it. A reader follows ``latest``, so a kill at any
-moment leaves either the previous checkpoint or the new one, never a half-written one.
+moment leaves either the previous checkpoint or the new one, never a half-written one. Older
+checkpoints beyond the newest ``keep`` (``TrainConfig.keep_checkpoints``, default 1) are then deleted.
 """
 
 from __future__ import annotations

@@ -1,4 +1,7 @@
-"""Command-line flags shared by the LM scripts (train_lm, compare_lm, main_lm), so they spell things alike."""
+"""Command-line flags shared by the LM scripts (train_lm, compare_lm, main_lm), so they spell things alike,
+and what the flags become: a :class:`~sru_lm.training.trainer.TrainConfig` and the keywords of
+:func:`~sru_lm.training.pipeline.train_language_model`. The machine description of :mod:`sru_lm.bench.machine`
+is re-exported for the scripts' reports."""
 
 from __future__ import annotations
 

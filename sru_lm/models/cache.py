@@ -1,97 +1,195 @@
 """Decoding state of an SRU++ model: per layer the SRU state ``c``, plus keys and values for attention layers.
 
-Every layer holds ``c`` (B, D*H) in fp32, whose size does not depend on the sequence length, updated in
-place. Attention layers also hold keys and values, (B, heads, capacity, head_dim) buffers grown in chunks
-and written in place, so a decoding step appends one position without copying the past (transformers'
-``DynamicLayer`` concatenates, which copies the whole cache every step).
+Layer kinds follow transformers' hybrid caches (``cache_utils``), keyed by ``config.layer_types``:
 
-``generate()`` in transformers 5.24 uses the cache through: ``get_seq_length`` (to slice the prompt when a
-cache is passed in), ``reorder_cache`` (beam search), ``batch_repeat_interleave``/``batch_select_indices``
-(contrastive/assisted decoding), ``crop`` (assisted decoding and deferred stopping, which need
-``is_croppable``) and ``is_compileable`` (auto-compilation). An SRU state cannot be rolled back after it
+- ``"linear_attention"`` (an SRU layer): :class:`SRULMRecurrentLayer`, a ``LinearAttentionLayer``. Its one
+  recurrent state is ``c`` (B, D*H) fp32 (``recurrent_states[0]``, also ``c``); there is no conv state and,
+  as for transformers' linear-attention layers, no ``keys``/``values`` attribute at all.
+- ``"hybrid"`` (an SRU++ layer with attention): :class:`SRULMHybridLayer`, a
+  ``LinearAttentionAndFullAttentionLayer``, or with ``max_cache_len`` :class:`SRULMStaticHybridLayer`, a
+  ``LinearAttentionAndStaticFullAttentionLayer``: ``c`` plus ``keys``/``values`` (B, heads, T, head_dim), which
+  are exactly the ``T = get_seq_length()`` filled positions (views of the buffers, nothing past them).
+
+Two deliberate deviations from those classes: every layer counts its tokens (``get_seq_length`` works on an
+SRU-only cache, and ``SRULMCache.is_linear`` is all False so that ``generate`` slices a prompt that continues a
+returned cache instead of re-feeding it), and ``has_previous_state`` is set when a forward stored ``c``
+(transformers sets it only from a conv-state update, which an SRU never makes).
+
+**The contract of one forward** (what :class:`~sru_lm.models.modeling_sru_lm.SRULMModel` does):
+
+1. each attention layer calls ``layer.update(k, v)`` once with the L new positions: they are written at the
+   current length ``T`` and ``(B, heads, T + L, head_dim)`` keys/values come back (the whole buffer for a
+   static cache, whose unfilled positions the caller masks);
+2. each layer calls ``layer.update_state(c, L)`` once with the state after the L tokens;
+3. the model calls ``cache.advance(L)`` once, after all layers: only this moves the position.
+
+Nothing else changes the length, so the order of 1 and 2 inside a layer does not matter. ``advance`` checks
+that every layer stored exactly L tokens of everything it holds; a second ``update``/``update_state`` of a
+layer before ``advance``, or lengths that disagree, raise ``RuntimeError``. Code outside ``sru_lm.models``
+uses the public API only: :meth:`SRULMCache.from_states` and :meth:`SRULMCache.sru_states` carry SRU states
+across training segments.
+
+**Dynamic and static.** By default key/value buffers grow in chunks and are written in place, so a decoding
+step appends one position without copying the past (transformers' ``DynamicLayer`` concatenates). With
+``max_cache_len`` every buffer (keys, values, ``c``, the position) is allocated once, on the first forward,
+marked with ``torch._dynamo.mark_static_address`` and only ever written in place; the position is a 0-dim
+tensor, so a compiled decode step never specialises on it. That cache is ``is_compileable``: ``generate(...,
+cache_implementation="static")`` or a ``compile_config`` builds it and runs the decode step under
+``torch.compile``.
+
+``generate()`` in transformers 5.24 also uses: ``reorder_cache`` (beam search, in place for a static cache),
+``batch_repeat_interleave``/``batch_select_indices`` (contrastive/assisted decoding), ``crop`` (assisted
+decoding and deferred stopping, which need ``is_croppable``). An SRU state cannot be rolled back after it
 absorbed a token, so ``crop`` only accepts 0 and ``is_croppable`` is False: generate then never needs it.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers.cache_utils import Cache
+from transformers.cache_utils import (
+    Cache,
+    LinearAttentionAndFullAttentionLayer,
+    LinearAttentionAndStaticFullAttentionLayer,
+    LinearAttentionLayer,
+)
 
-_CHUNK = 64  # key/value buffers grow to the needed length plus max(_CHUNK, 1/8), rounded up to _CHUNK
+from .configuration_sru_lm import ATTENTION_LAYER
+
+_CHUNK = 64  # dynamic key/value buffers grow to the needed length plus max(_CHUNK, 1/8), rounded up to _CHUNK
+
+
+def _mark_static(t: torch.Tensor) -> torch.Tensor:
+    # Not while tracing (dynamo refuses it there); the buffers are allocated by the eager prefill anyway.
+    if not torch.compiler.is_compiling():
+        torch._dynamo.mark_static_address(t)
+    return t
 
 
 class SRULMLayerCache:
-    """One layer's state: ``c`` (B, D*H) fp32, and for attention layers ``keys``/``values``
-    (B, heads, capacity, head_dim) of which the first ``seen_tokens`` positions are filled."""
+    """What every layer's cache holds and how it is written: the SRU state ``c`` (B, D*H) fp32 and the
+    per-forward bookkeeping of the contract in the module docstring. Concrete kinds: :class:`SRULMRecurrentLayer`,
+    :class:`SRULMHybridLayer`, :class:`SRULMStaticHybridLayer`."""
 
-    supports_early_init = False
-    is_compileable = False
-    is_croppable = False
+    has_attention = False
     is_sliding = False
+    supports_early_init = False  # keys/values are allocated by the first forward, with the SRU state
 
-    def __init__(self, has_attention: bool, max_cache_len: int | None = None) -> None:
-        self.has_attention = has_attention
+    def __init__(self, layer_idx: int, max_cache_len: int | None = None) -> None:
+        self.layer_idx = layer_idx
         self.max_cache_len = max_cache_len
-        self.c: torch.Tensor | None = None
-        self.keys: torch.Tensor | None = None
-        self.values: torch.Tensor | None = None
-        self.seen_tokens = 0
+        # transformers' linear-attention attributes: one recurrent state (c), no conv state
+        self.number_of_states = 1
+        self.recurrent_states: dict[int, torch.Tensor | None] = {0: None}
+        self.conv_states: dict[int, torch.Tensor | None] = {0: None}
+        self.is_recurrent_states_initialized = {0: False}
+        self.is_conv_states_initialized = {0: False}
+        self.has_previous_state = {0: False}
+        self.conv_kernel_size = {0: None}
+        self.record_past = False
+        self.device = self.dtype = None
+        self._seen = 0  # dynamic caches: tokens absorbed (a static cache uses the shared tensor _pos instead)
+        self._pos: torch.Tensor | None = None
+        self._pending_state: int | None = None  # tokens stored by update_state since the last advance
+        self._owns_c = True  # False while c is a caller's tensor (from_states): never written in place
+
+    # -- the SRU state ---------------------------------------------------------------------------------
+    @property
+    def c(self) -> torch.Tensor | None:
+        """The SRU state (B, D*H) fp32 after the absorbed tokens, or None before the first forward."""
+        return self.recurrent_states[0]
+
+    @property
+    def is_static(self) -> bool:
+        return self.max_cache_len is not None
 
     @property
     def is_initialized(self) -> bool:
         return self.c is not None
 
-    def update_state(self, c: torch.Tensor, num_tokens: int) -> None:
-        """Store the SRU state after ``num_tokens`` more tokens (in place when shapes allow)."""
-        if self.c is None or self.c.shape != c.shape or self.c.requires_grad or c.requires_grad:
-            self.c = c
-        else:
+    def _set_c(self, c: torch.Tensor, owned: bool) -> None:
+        self.recurrent_states[0] = c
+        self.is_recurrent_states_initialized[0] = True
+        self.device, self.dtype = c.device, c.dtype
+        self._owns_c = owned
+
+    def update_state(self, c: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """Store the SRU state after this forward's ``num_tokens`` tokens; does not move the position.
+
+        A static cache copies into its one buffer; a dynamic one copies in place when it can (same shape, no
+        autograd on either side, a tensor it owns) and otherwise keeps ``c`` itself."""
+        if self._pending_state is not None:
+            raise RuntimeError(
+                f"layer {self.layer_idx}: update_state called twice in one forward ({self._pending_state} then "
+                f"{num_tokens} tokens); the model must call cache.advance(num_tokens) once after all layers"
+            )
+        old = self.c
+        if self.is_static:
+            if old is None or old.shape != c.shape:
+                self._set_c(_mark_static(torch.zeros(c.shape, dtype=torch.float32, device=c.device)), True)
             self.c.copy_(c)
-        self.seen_tokens += num_tokens
+        elif old is None or not self._owns_c or old.shape != c.shape or old.requires_grad or c.requires_grad:
+            self._set_c(c, True)
+        else:
+            old.copy_(c)
+        self._pending_state = num_tokens
+        return self.c
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
-        """Append ``(B, heads, L, head_dim)`` keys/values; return all of them, ``(B, heads, past + L, head_dim)``.
+    def update_recurrent_state(self, recurrent_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        """transformers' name for :meth:`update_state` (one token count is not known here: use update_state)."""
+        raise NotImplementedError("SRULMCache layers are written with update_state(c, num_tokens)")
 
-        Called before :meth:`update_state` of the same forward, so ``seen_tokens`` is the past length."""
-        B, nh, L, hd = key_states.shape
-        past, end = self.seen_tokens, self.seen_tokens + key_states.shape[2]
-        if self.keys is None or end > self.keys.shape[2] or self.keys.shape[0] != B:
-            capacity = -(-(end + max(_CHUNK, end // 8)) // _CHUNK) * _CHUNK
-            if self.max_cache_len is not None and end <= self.max_cache_len:
-                capacity = self.max_cache_len
-            keys = key_states.new_empty(B, nh, capacity, hd)
-            values = value_states.new_empty(B, nh, capacity, hd)
-            if past:
-                keys[:, :, :past] = self.keys[:, :, :past]
-                values[:, :, :past] = self.values[:, :, :past]
-            self.keys, self.values = keys, values
-        self.keys[:, :, past:end] = key_states
-        self.values[:, :, past:end] = value_states
-        return self.keys[:, :, :end], self.values[:, :, :end]
+    # -- the contract --------------------------------------------------------------------------------
+    def _check_forward(self, num_tokens: int) -> None:
+        if self._pending_state != num_tokens:
+            raise RuntimeError(
+                f"layer {self.layer_idx}: cache.advance({num_tokens}) but its SRU state was stored for "
+                f"{self._pending_state} tokens in this forward (None: not stored)"
+            )
+
+    def _finish_forward(self, num_tokens: int) -> None:
+        self._pending_state = None
+        self.has_previous_state[0] = True
+        if not self.is_static:
+            self._seen += num_tokens
 
     def get_seq_length(self) -> int:
-        return self.seen_tokens
+        """Tokens absorbed. For a static cache this reads the position tensor (a device sync): the model's
+        forward does not call it, so a compiled decode step never does."""
+        return int(self._pos) if self.is_static and self._pos is not None else self._seen
 
     def get_max_length(self) -> int:
-        return -1
+        return self.max_cache_len if self.is_static else -1
 
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
-        return self.seen_tokens + query_length, 0
+        if self.is_static:
+            return self.max_cache_len, 0
+        return self._seen + query_length, 0
 
-    def _apply(self, fn) -> None:
-        for name in ("c", "keys", "values"):
-            t = getattr(self, name)
-            if t is not None:
-                setattr(self, name, fn(t))
+    # -- batch operations ----------------------------------------------------------------------------
+    def _tensors(self) -> dict[str, torch.Tensor | None]:
+        return {"c": self.c}
+
+    def _store(self, name: str, t: torch.Tensor) -> None:
+        self._set_c(t, True)
+
+    def _apply(self, fn, in_place: bool) -> None:
+        for name, t in self._tensors().items():
+            if t is None:
+                continue
+            new = fn(t)
+            if in_place and self.is_static and new.shape == t.shape:
+                t.copy_(new)  # the address stays: a compiled step keeps reading the same buffer
+            else:
+                self._store(name, _mark_static(new) if self.is_static else new)
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
-        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)))
+        self._apply(lambda t: t.index_select(0, beam_idx.to(t.device)), in_place=True)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
-        self._apply(lambda t: t.repeat_interleave(repeats, dim=0))
+        self._apply(lambda t: t.repeat_interleave(repeats, dim=0), in_place=False)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
-        self._apply(lambda t: t[indices])
+        self._apply(lambda t: t[indices], in_place=False)
 
     def crop(self, tokens_to_remove: int) -> None:
         if tokens_to_remove != 0:
@@ -101,8 +199,17 @@ class SRULMLayerCache:
             )
 
     def reset(self) -> None:
-        self.c = self.keys = self.values = None
-        self.seen_tokens = 0
+        """Forget every token: a static cache zeroes its buffers in place, a dynamic one drops them."""
+        if self.is_static:
+            for t in self._tensors().values():
+                if t is not None:
+                    t.zero_()
+        else:
+            self.recurrent_states[0] = None
+            self.is_recurrent_states_initialized[0] = False
+            self._seen = 0
+        self.has_previous_state[0] = False
+        self._pending_state = None
 
     def offload(self) -> None:  # the state is small; keys/values stay where attention reads them
         pass
@@ -113,46 +220,249 @@ class SRULMLayerCache:
     def activate_past_recording(self) -> None:
         raise ValueError("SRULMCache cannot record past states for rollback (assisted decoding needs it)")
 
+    @property
+    def is_compileable(self) -> bool:
+        return self.is_static
+
+    @property
+    def is_croppable(self) -> bool:
+        return False
+
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.c, self.keys, self.values) if t is not None)
+        """Bytes allocated (spare key/value capacity included)."""
+        return sum(t.numel() * t.element_size() for t in self._buffers() if t is not None)
+
+    def _buffers(self) -> list[torch.Tensor | None]:
+        return [self.c]
 
     def __repr__(self) -> str:
-        kind = "attention+sru" if self.has_attention else "sru"
-        return f"SRULMLayerCache({kind}, seen_tokens={self.seen_tokens})"
+        kind = "static" if self.is_static else "dynamic"
+        return f"{type(self).__name__}({kind}, layer {self.layer_idx})"
+
+
+class SRULMRecurrentLayer(SRULMLayerCache, LinearAttentionLayer):
+    """An SRU layer's cache (layer type ``"linear_attention"``): the state ``c`` only, no keys or values."""
+
+    def __init__(self, layer_idx: int, max_cache_len: int | None = None) -> None:
+        SRULMLayerCache.__init__(self, layer_idx, max_cache_len)
+
+    def lazy_initialization(self, *args, **kwargs) -> None:  # c is allocated by update_state
+        pass
+
+    def update_conv_state(self, conv_states: torch.Tensor, state_idx: int = 0, **kwargs) -> torch.Tensor:
+        raise NotImplementedError("an SRU layer has no conv state")
+
+
+class _KeyValueMixin:
+    """Keys/values of an attention layer: dynamic buffers grown in chunks, or static ``max_cache_len`` ones."""
+
+    has_attention = True
+
+    def _init_kv(self) -> None:
+        self._k: torch.Tensor | None = None  # (B, heads, capacity, head_dim)
+        self._v: torch.Tensor | None = None
+        self._pending_kv: int | None = None
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """(B, heads, T, head_dim): exactly the T filled positions, a view of the buffer."""
+        return None if self._k is None else self._k[:, :, : self.get_seq_length()]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, : self.get_seq_length()]
+
+    @property
+    def is_initialized(self) -> bool:
+        return self.c is not None and self._k is not None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        B, nh, _, hd = key_states.shape
+        if self.is_static:
+            # zeros, not empty: masked positions still enter SDPA's matmul with the values (0 * NaN is NaN)
+            self._k = _mark_static(key_states.new_zeros(B, nh, self.max_cache_len, hd))
+            self._v = _mark_static(value_states.new_zeros(B, nh, self.max_cache_len, value_states.shape[-1]))
+        else:
+            self._k = key_states.new_empty(B, nh, 0, hd)
+            self._v = value_states.new_empty(B, nh, 0, value_states.shape[-1])
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write ``(B, heads, L, head_dim)`` keys/values at the current length T (the position does not move:
+        ``cache.advance`` does). Returns ``(B, heads, T + L, head_dim)``, or for a static cache the whole
+        ``max_cache_len`` buffers, whose positions from T + L on the caller must mask."""
+        if self._pending_kv is not None:
+            raise RuntimeError(
+                f"layer {self.layer_idx}: keys/values updated twice in one forward ({self._pending_kv} then "
+                f"{key_states.shape[2]} positions); the model must call cache.advance(num_tokens) after all layers"
+            )
+        L = key_states.shape[2]
+        self._pending_kv = L
+        if self._k is None or self._k.shape[0] != key_states.shape[0]:
+            self.lazy_initialization(key_states, value_states)
+        if self.is_static:
+            positions = self._pos + torch.arange(L, device=self._pos.device)  # (L,)
+            self._k.index_copy_(2, positions, key_states)
+            self._v.index_copy_(2, positions, value_states)
+            return self._k, self._v
+        past, end = self._seen, self._seen + L
+        if end > self._k.shape[2]:
+            capacity = -(-(end + max(_CHUNK, end // 8)) // _CHUNK) * _CHUNK
+            B, nh, _, hd = self._k.shape
+            keys, values = self._k.new_empty(B, nh, capacity, hd), self._v.new_empty(B, nh, capacity, hd)
+            keys[:, :, :past] = self._k[:, :, :past]
+            values[:, :, :past] = self._v[:, :, :past]
+            self._k, self._v = keys, values
+        self._k[:, :, past:end] = key_states
+        self._v[:, :, past:end] = value_states
+        return self._k[:, :, :end], self._v[:, :, :end]
+
+    def _check_forward(self, num_tokens: int) -> None:
+        SRULMLayerCache._check_forward(self, num_tokens)
+        if self._pending_kv != num_tokens:
+            raise RuntimeError(
+                f"layer {self.layer_idx}: cache.advance({num_tokens}) but its keys/values were written for "
+                f"{self._pending_kv} positions in this forward (None: not written)"
+            )
+
+    def _finish_forward(self, num_tokens: int) -> None:
+        self._pending_kv = None
+        SRULMLayerCache._finish_forward(self, num_tokens)
+
+    def _tensors(self) -> dict[str, torch.Tensor | None]:
+        return {"c": self.c, "_k": self._k, "_v": self._v}
+
+    def _store(self, name: str, t: torch.Tensor) -> None:
+        if name == "c":
+            self._set_c(t, True)
+        else:
+            setattr(self, name, t)
+
+    def _buffers(self) -> list[torch.Tensor | None]:
+        return [self.c, self._k, self._v]
+
+    def reset(self) -> None:
+        SRULMLayerCache.reset(self)
+        if not self.is_static:
+            self._k = self._v = None
+        self._pending_kv = None
+
+
+
+class SRULMHybridLayer(_KeyValueMixin, SRULMLayerCache, LinearAttentionAndFullAttentionLayer):
+    """An SRU++ attention layer's cache (layer type ``"hybrid"``): ``c`` plus growing keys/values."""
+
+    def __init__(self, layer_idx: int, max_cache_len: int | None = None) -> None:
+        SRULMLayerCache.__init__(self, layer_idx, None)
+        self._init_kv()
+
+
+class SRULMStaticHybridLayer(_KeyValueMixin, SRULMLayerCache, LinearAttentionAndStaticFullAttentionLayer):
+    """An SRU++ attention layer's cache with ``max_cache_len`` buffers allocated once (compileable)."""
+
+    def __init__(self, layer_idx: int, max_cache_len: int) -> None:
+        SRULMLayerCache.__init__(self, layer_idx, max_cache_len)
+        self._init_kv()
 
 
 class SRULMCache(Cache):
-    """The decoding cache of :class:`~sru_lm.models.modeling_sru_lm.SRULMModel`: one
-    :class:`SRULMLayerCache` per layer, built from ``config.layer_types``.
+    """The decoding cache of :class:`~sru_lm.models.modeling_sru_lm.SRULMModel`: one layer cache per layer,
+    built from ``config.layer_types`` (see the module docstring for the kinds and the per-forward contract).
 
-    The model creates it on the first forward with ``use_cache=True``; pass it back as ``cache=`` with only
-    the new tokens. Give ``max_cache_len`` to allocate the key/value buffers once at that length (they then
-    never move, as CUDA-graph capture needs); otherwise they grow in chunks. Memory: ``num_layers * B *
-    hidden_size * 4`` bytes of SRU state, plus ``2 * B * seq_len * projection_size`` elements per attention
-    layer.
+    The model creates a dynamic one on the first forward with ``use_cache=True``; pass it back as ``cache=``
+    with only the new tokens. ``max_cache_len`` makes it static: every buffer is allocated once at that length
+    (a longer sequence is an error), written in place, and the cache is compileable. Memory: ``num_layers * B *
+    hidden_size * 4`` bytes of SRU state, plus ``2 * B * T * projection_size`` elements per attention layer
+    (T = ``max_cache_len`` for a static cache).
 
     Example:
         >>> out = model(input_ids, use_cache=True)
         >>> step = model(next_ids, cache=out.cache)   # next_ids: (B, 1)
         >>> out.cache.get_seq_length()
+        >>> static = SRULMCache(model.config, max_cache_len=256)   # what generate(cache_implementation="static") builds
     """
 
     def __init__(self, config, max_cache_len: int | None = None) -> None:
-        layers = [SRULMLayerCache(t == "hybrid", max_cache_len) for t in config.layer_types]
+        if max_cache_len is not None and (isinstance(max_cache_len, bool) or not isinstance(max_cache_len, int)
+                                          or max_cache_len < 1):
+            raise ValueError(f"max_cache_len must be None (dynamic) or an int >= 1, got {max_cache_len!r}")
+        self.max_cache_len = max_cache_len
+        layers = []
+        for i, layer_type in enumerate(config.layer_types):
+            if layer_type != ATTENTION_LAYER:
+                layers.append(SRULMRecurrentLayer(i, max_cache_len))
+            elif max_cache_len is None:
+                layers.append(SRULMHybridLayer(i))
+            else:
+                layers.append(SRULMStaticHybridLayer(i, max_cache_len))
         super().__init__(layers=layers)
+        self._pos: torch.Tensor | None = None  # static caches: the position, a 0-dim tensor shared by the layers
+
+    @classmethod
+    def from_states(cls, config, states) -> SRULMCache:
+        """A dynamic cache whose layers start from the SRU states ``states`` (one (B, D*H) tensor per layer, e.g.
+        :meth:`sru_states` of the previous training segment), with no tokens seen: attention starts empty.
+        The given tensors are read, never written in place."""
+        cache = cls(config)
+        states = tuple(states)
+        if len(states) != len(cache.layers):
+            raise ValueError(f"states must hold one SRU state per layer ({len(cache.layers)}), got {len(states)}")
+        for layer, c in zip(cache.layers, states, strict=True):
+            layer._set_c(c, owned=False)
+        return cache
+
+    def sru_states(self) -> tuple[torch.Tensor | None, ...]:
+        """Every layer's SRU state ``c`` (B, D*H), the state to carry into the next segment."""
+        return tuple(layer.c for layer in self.layers)
+
+    @property
+    def is_static(self) -> bool:
+        return self.max_cache_len is not None
+
+    def position_on(self, device: torch.device) -> torch.Tensor:
+        """A static cache's position (0-dim long tensor on ``device``, its address never moves once there)."""
+        if not self.is_static:
+            raise ValueError("only a static SRULMCache (max_cache_len set) keeps its position in a tensor")
+        if self._pos is None or self._pos.device != torch.device(device):
+            old = 0 if self._pos is None else int(self._pos)
+            self._pos = _mark_static(torch.tensor(old, dtype=torch.long, device=device))
+            for layer in self.layers:
+                layer._pos = self._pos
+        return self._pos
+
+    def advance(self, num_tokens: int) -> None:
+        """End one forward over ``num_tokens`` tokens: check that every layer stored exactly that many (see the
+        module docstring), then move the position. The one place the length changes."""
+        for layer in self.layers:
+            layer._check_forward(num_tokens)
+        if self.is_static:
+            if self._pos is None:
+                raise RuntimeError("a static SRULMCache's position was never placed: call position_on(device) first")
+            self._pos.add_(num_tokens)
+        for layer in self.layers:
+            layer._finish_forward(num_tokens)
 
     def get_seq_length(self, layer_idx: int = 0) -> int:
-        return self.layers[layer_idx].seen_tokens if layer_idx < len(self.layers) else 0
+        return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
 
     def get_max_length(self, layer_idx: int | None = None) -> int:
-        return -1
+        return self.max_cache_len if self.is_static else -1
 
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
-        return self.get_seq_length(layer_idx) + query_length, 0
+        return self.layers[layer_idx].get_mask_sizes(query_length)
+
+    def reset(self) -> None:
+        super().reset()
+        if self._pos is not None:
+            self._pos.zero_()
+
+    @property
+    def batch_size(self) -> int:
+        c = self.layers[0].c if self.layers else None
+        return -1 if c is None else c.shape[0]
 
     @property
     def is_compileable(self) -> bool:
-        return False
+        return self.is_static
 
     @property
     def is_croppable(self) -> bool:
@@ -181,4 +491,4 @@ class SRULMCache(Cache):
         return sum(layer.nbytes() for layer in self.layers)
 
 
-__all__ = ["SRULMCache", "SRULMLayerCache"]
+__all__ = ["SRULMCache", "SRULMHybridLayer", "SRULMLayerCache", "SRULMRecurrentLayer", "SRULMStaticHybridLayer"]

@@ -321,17 +321,21 @@ class SRULMModel(SRULMPreTrainedModel):
         self.embed_tokens = value
 
     def _attention_mask(
-        self, attention_mask: torch.Tensor | None, L: int, past: int, device: torch.device
+        self, attention_mask: torch.Tensor | None, L: int, past: int | torch.Tensor, device: torch.device,
+        kv_len: int | None = None,
     ) -> tuple[torch.Tensor | None, bool]:
-        """SDPA's boolean mask (B, 1, L, past + L), True = may attend, and its ``is_causal`` flag."""
+        """SDPA's boolean mask (B, 1, L, past + L), True = may attend, and its ``is_causal`` flag.
+
+        Over a static cache (``kv_len`` = its buffer length, ``past`` a 0-dim tensor, ``attention_mask`` None or
+        (B, kv_len)) the mask is (B, 1, L, kv_len) and the causal test also masks the unfilled positions."""
         causal = not self.config.bidirectional
-        S = past + L
-        if attention_mask is None:
+        S = past + L if kv_len is None else kv_len
+        if attention_mask is None and kv_len is None:
             if not causal or L == 1:
                 return None, False
             if past == 0:
                 return None, True
-        q_pos = torch.arange(past, S, device=device)[:, None]  # (L, 1)
+        q_pos = (torch.arange(L, device=device) + past)[:, None]  # (L, 1)
         k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
         allowed = k_pos <= q_pos if causal else None
         if attention_mask is not None:
@@ -348,6 +352,18 @@ class SRULMModel(SRULMPreTrainedModel):
                 f"attention_mask must have shape (batch, cached + new tokens) = ({B}, {past} + {L}) with 1 for "
                 f"tokens and 0 for padding, got {_shape(attention_mask)}"
             )
+
+    def _static_attention_mask(self, attention_mask: torch.Tensor, B: int, L: int, cache: SRULMCache) -> torch.Tensor:
+        """``attention_mask`` over a static cache's whole buffer, (B, max_cache_len): given so (as ``generate``
+        passes it, a fixed shape) or as (B, cached + new tokens), which is padded (reads the position: eager only)."""
+        T = cache.max_cache_len
+        if isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 2 and attention_mask.shape == (B, T):
+            return attention_mask
+        past = cache.get_seq_length()
+        if past + L > T:
+            raise ValueError(f"the static cache holds max_cache_len={T} tokens: {past} cached + {L} new do not fit")
+        self._check_attention_mask(attention_mask, B, L, past)
+        return F.pad(attention_mask, (0, T - past - L))
 
     def forward(
         self,
@@ -391,22 +407,33 @@ class SRULMModel(SRULMPreTrainedModel):
             raise TypeError(f"cache must be an SRULMCache (SRU states + key/value buffers), got {type(cache).__name__}")
         if use_cache and cache is None:
             cache = SRULMCache(self.config)
-        past = cache.get_seq_length() if cache is not None else 0
+        kv_len = None
+        new = slice(None)  # the new tokens' columns of attention_mask
+        if cache is not None and cache.is_static:
+            # Every shape is fixed and the position is a tensor, so a compiled decode step never recompiles.
+            past, kv_len = cache.position_on(inputs_embeds.device), cache.max_cache_len
+            new = past + torch.arange(L, device=inputs_embeds.device)  # (L,)
+            if attention_mask is not None:
+                attention_mask = self._static_attention_mask(attention_mask, B, L, cache)  # (B, max_cache_len)
+        else:
+            past = cache.get_seq_length() if cache is not None else 0
+            new = slice(past, None)
+            if attention_mask is not None:
+                self._check_attention_mask(attention_mask, B, L, past)
 
         mask_pad = None
         if attention_mask is not None:
-            self._check_attention_mask(attention_mask, B, L, past)
-            mask_pad = (attention_mask[:, past:] == 0).T.contiguous()  # (L, B), True = padding
+            mask_pad = (attention_mask[:, new] == 0).T.contiguous()  # (L, B), True = padding
         attn_mask, is_causal = (None, False)
         rotary = None
         if self.has_attention:
-            attn_mask, is_causal = self._attention_mask(attention_mask, L, past, inputs_embeds.device)
-            if self.config.position_embedding_type == "rotary":
+            attn_mask, is_causal = self._attention_mask(attention_mask, L, past, inputs_embeds.device, kv_len)
+            if self.config.position_embedding_type == ROTARY:
                 if position_ids is None:
                     if attention_mask is not None:  # count real tokens only, so left padding shifts nothing
-                        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, past:]
+                        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)[:, new]
                     else:
-                        position_ids = torch.arange(past, past + L, device=inputs_embeds.device)[None].expand(B, L)
+                        position_ids = (torch.arange(L, device=inputs_embeds.device) + past)[None].expand(B, L)
                 head_dim = self.config.projection_size // self.config.num_attention_heads
                 rotary = rotary_cos_sin(position_ids, head_dim, self.config.rope_theta, inputs_embeds.dtype)
 
@@ -419,6 +446,8 @@ class SRULMModel(SRULMPreTrainedModel):
                 h, attn_mask=attn_mask, is_causal=is_causal, mask_pad=mask_pad, rotary=rotary,
                 cache=cache.layers[i] if cache is not None else None,
             )
+        if cache is not None:
+            cache.advance(L)  # the one call per forward that moves the cache's position
         h = self.norm(h).transpose(0, 1)  # (B, L, d)
         if all_hidden is not None:
             all_hidden.append(h)
@@ -454,7 +483,39 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
 
     @classmethod
     def _supports_default_dynamic_cache(cls) -> bool:
-        return False  # the model builds its own SRULMCache (SRU states + KV) on the first forward
+        return False  # never a DynamicCache: _prepare_cache_for_generation below builds SRULMCache
+
+    def _prepare_cache_for_generation(
+        self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
+    ) -> None:
+        """The cache ``generate`` decodes with. ``cache_implementation`` None or ``"dynamic"``: a growing
+        :class:`SRULMCache`, built by the first forward. ``"static"``, or a ``compile_config`` with no
+        ``cache_implementation``: a static one of ``max_cache_len`` (the generation's ``max_length``, or
+        ``generation_config.max_cache_len`` when larger), which ``generate`` runs under ``torch.compile``.
+        Any other ``cache_implementation`` is refused with this list."""
+        if model_kwargs.get("cache") is not None or generation_config.use_cache is False:
+            return super()._prepare_cache_for_generation(
+                generation_config, model_kwargs, generation_mode, batch_size, max_cache_length
+            )
+        implementation = generation_config.cache_implementation
+        wants_compile = generation_config.compile_config is not None and not generation_config.disable_compile
+        if implementation == "static" or (implementation is None and wants_compile):
+            if generation_config.max_cache_len is not None:
+                max_cache_length = max(max_cache_length, generation_config.max_cache_len)
+            model_kwargs["cache"] = SRULMCache(self.config, max_cache_len=max_cache_length)
+        elif implementation not in (None, "dynamic"):
+            raise ValueError(
+                f"{type(self).__name__} decodes with SRULMCache: cache_implementation None or 'dynamic' (key/value "
+                "buffers that grow) or 'static' (allocated once at max_length, compileable); got "
+                f"{implementation!r}"
+            )
+
+    def create_masks_for_generate(self, config, inputs_embeds, attention_mask, cache=None, **kwargs):
+        """``generate`` asks a compileable cache's model for the masks of each step: the 2D mask padded to the
+        static buffer, (B, max_cache_len), one shape for every step (the model masks the unfilled positions)."""
+        if attention_mask is None or not isinstance(cache, SRULMCache) or not cache.is_static:
+            return attention_mask
+        return F.pad(attention_mask, (0, cache.max_cache_len - attention_mask.shape[1]))
 
     def get_input_embeddings(self) -> nn.Embedding:
         return self.model.embed_tokens

@@ -1,4 +1,5 @@
-"""Data: pinned registry sources (fetch), LM corpora and segment batching, tokenizer, sentiment, SQuAD."""
+"""Data: pinned registry sources (fetch), the hub loader, LM corpora and segment batching, tokenizers,
+sentiment (MR, SST-2), SQuAD."""
 
 from __future__ import annotations
 

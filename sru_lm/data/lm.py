@@ -28,10 +28,13 @@ test = tragedies/othello, tragedies/king-lear, comedies/a-midsummer-night-s-drea
 comedies/as-you-like-it; validation = tragedies/timon-of-athens, romances/cymbeline,
 histories/henry-iv-part-1, histories/henry-vi-part-3; train = the other 30 plays.
 
+Hub corpora (``load_hub_corpus``, e.g. wikitext) keep the hub's own splits and rows.
+
 Training with recurrent state: ``tokenize_documents`` turns each book into one token stream
-``[bos] + tokens + [eos]``; ``SegmentBatcher`` cuts the streams into (B, T) segments where row i
-continues the same stream from one step to the next, and ``reset[i]`` says when row i starts a new
-stream, so a trainer carries (detached) state across segments and zeroes it exactly there.
+``[bos] + tokens + [eos]``; ``SegmentBatcher`` cuts the streams (or pieces of them, or all of them
+joined) into (B, T) segments where row i continues the same piece from one step to the next, and
+``reset[i]`` says when row i starts a new piece, so a trainer carries (detached) state across segments
+and zeroes it exactly there.
 """
 
 from __future__ import annotations

@@ -12,6 +12,7 @@ Offline data (PyPI sdist ``bigbench==1.0.0``, folder ``benchmark_tasks/squad_shi
   10,056, ``reddit`` 9,767, ``amazon_reviews`` 9,877 questions, 37,636 in all), crowd-sourced with
   SQuAD's own pipeline: the offline training data. Note the BIG-bench canary: these files are a
   benchmark; training on them is a stand-in for SQuAD train when the hub is unreachable.
+- ``load_squad_offline``: the two as a ``DatasetDict``, train = SQuADShifts, validation = SQuAD dev.
 - ``load_squad_hub``: ``rajpurkar/squad`` (87,599 train / 10,570 validation) when online.
 
 Answer offsets are repaired on load: in the raw files some ``answer_start`` values are off by a few

@@ -1,5 +1,7 @@
-"""Task models over word vectors, the SRU paper's benchmarks: sentence classifiers (SRU, LSTM, CNN) and a
-DrQA-style reader (SRU or LSTM), with their data handling and span decoding."""
+"""The SRU paper's benchmarks as tasks: word-vector models (sentence classifiers with an SRU, LSTM or CNN
+encoder; a DrQA-style reader with SRU or LSTM layers), their data handling and span decoding, SQuAD
+windows for the LM's QA head (:mod:`.qa_subword`), and the glue to the shared training loop
+(:mod:`.training`)."""
 
 from __future__ import annotations
 

@@ -2,6 +2,9 @@
 
 The word-level task models are not Hugging Face ``PreTrainedModel``s (they have no LM backbone), but
 they follow the same folder layout and ``save_pretrained`` / ``from_pretrained`` names.
+
+Also here, shared by the task models: :class:`PartlyTunedEmbedding`, a word-vector table of which only
+the first rows train (DrQA's fine-tuning of the frequent question words).
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ word vectors (the aligned question embedding ``sum_j a_ij E(q_j)``, ``a_ij ∝ e
 relu(W E(q_j)))``) and hand features (exact match of the word / its lower-cased form in the question,
 normalized term frequency); a 3-layer bidirectional RNN reads these, all layers' outputs concatenated.
 The question is read by its own RNN and pooled by self-attention (``b_j ∝ exp(w · q_j)``). Start and
-end scores are bilinear, ``p_i W_s q`` and ``p_i W_e q``; the answer is the best span of at most
-``max_answer_len`` tokens (:func:`sru_lm.tasks.spans.decode_spans`).
+end scores are bilinear, ``p_i W_s q`` and ``p_i W_e q``, divided by the square root of ``p_i``'s width
+(``scaled_scores``; readers saved before the option load with it off); the answer is the best span of
+at most ``max_answer_len`` tokens (:func:`sru_lm.tasks.spans.decode_spans`).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """Glue between the task models and the shared training loop (:mod:`sru_lm.training`): batch sources,
-step functions, evaluation callbacks that keep the best weights, prediction, and the results tables.
+step functions, evaluation callbacks that keep the best weights, prediction, the results tables (with the
+machine description) and the ``--mixed-precision`` flag the task scripts share.
 
 The loop itself is :class:`sru_lm.training.Trainer`; nothing here runs an optimizer.
 """

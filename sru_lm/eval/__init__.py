@@ -1,4 +1,4 @@
-"""Evaluation metrics: accuracy, SQuAD v1.1 EM/F1, perplexity, bits per byte."""
+"""Evaluation metrics: accuracy, SQuAD v1.1 EM/F1 and a breakdown of span errors, perplexity, bits per byte."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Evaluation metrics: accuracy, the official SQuAD v1.1 EM/F1, perplexity and bits per byte.
+"""Evaluation metrics: accuracy, the official SQuAD v1.1 EM/F1 (and where the non-exact answers go:
+:func:`span_errors`), perplexity and bits per byte.
 
 SQuAD follows the official v1.1 evaluation script: answers are normalized (lower case, punctuation
 removed, the articles a/an/the removed, whitespace collapsed), a prediction scores the maximum over

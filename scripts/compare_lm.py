@@ -6,7 +6,7 @@
 On a machine shared with other jobs, ``--threads 1 --clock process`` gives every model the same CPU
 time whatever the others run (a wall clock would charge one model for its neighbours' load).
 Writes ``benchmarks/compare_lm.{md,png,json}`` (change with ``--out``) and keeps checkpoints under
-``outputs/compare_lm/<model>`` (a killed comparison resumes).
+``outputs/compare_lm/<model>`` (change with ``--work-dir``; a killed comparison resumes).
 """
 
 from __future__ import annotations

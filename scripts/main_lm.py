@@ -1,6 +1,6 @@
 """The main job, end to end on a fresh CPU machine: fetch the corpus, train the tokenizer, train a small
-hybrid SRU++ LM for a bounded time, evaluate it on the held-out test books, save it, reload it with
-the Auto classes and print a generated sample.
+hybrid SRU++ LM for a bounded time, save it, reload it with the Auto classes, evaluate the reloaded model
+on the held-out test books and print a generated sample.
 
     python scripts/main_lm.py                       # ~10 minutes on 2 cores: 8 of them training
     python scripts/main_lm.py --max-minutes 2       # a quicker look

@@ -1,8 +1,11 @@
-"""Train DrQA-style readers (SRU and LSTM) on SQuADShifts and evaluate EM/F1 on SQuAD v1.1 dev.
+"""Train DrQA-style readers (SRU and LSTM) on SQuADShifts and evaluate EM/F1 on SQuAD v1.1 dev; with
+``--models hybrid``, also the hybrid LM's QA head (SRULMForQuestionAnswering, bidirectional, fine-tuned
+from the --pretrained causal LM on subword windows).
 
 Each model in --models is trained in turn on the shared loop (sru_lm.training.Trainer) with its own
 time budget, then scored on the dev set; a results table is appended to benchmarks/squad.md and each
-model is saved under --output-dir/<model>/final (load with DrQAReader.from_pretrained).
+model is saved under --output-dir/<model>/final (load a reader with DrQAReader.from_pretrained, the
+hybrid with SRULMForQuestionAnswering.from_pretrained).
 
     python scripts/train_qa.py --models lstm sru sru --minutes 15 5 15   # LSTM; SRU at 1/3 and at equal time
     python scripts/train_qa.py --models sru --max-steps 20 --dev-subset 200 --train-subset 2000  # smoke test

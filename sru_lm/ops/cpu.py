@@ -1,4 +1,4 @@
-"""CPU fast path for the SRU recurrence: a C++ kernel compiled at first use, with an analytic backward.
+"""CPU fast path for the SRU recurrence: a C++ kernel compiled at first use, registered as torch.library ops.
 
 Why a C++ kernel. The recurrence is elementwise but serial in time, so anything that dispatches
 torch ops per step pays their overhead L times. One layer at L=128 B=16 H=256, one thread, ms:
@@ -6,34 +6,44 @@ torch ops per step pays their overhead L times. One layer at L=128 B=16 H=256, o
     one elementwise pass over U (torch.sigmoid(U), the floor's unit)     0.70-0.79
     this kernel, forward                                                 0.57
     TorchScript-compiled loop of fused torch ops, forward                3.8
-    the reference loop (naive.py), forward                               11.6
+    the reference loop (the spec), forward                               11.6
     this kernel, forward + backward                                      2.8
-    the reference, forward + autograd backward                           576
 
 so the kernel costs about one elementwise pass: the recurrence is no longer visible next to the
 projection matmul (see benchmarks/bench_sru.md for whole models). How it gets there (csrc/sru_cpu.cpp):
 state in L1, units vectorized with `omp simd` (a branch-free exp, so the sigmoids vectorize), columns
-of (batch, direction, units) split over torch's threads, and time as the outer loop within a thread
-(against time-innermost: forward 0.65 vs 0.83 ms at the size above, backward 2.0 vs 5.1 ms at
-L=256 B=8 H=512).
+of (batch, direction, units) split over torch's threads, and time as the outer loop within a thread.
 Backward is a reverse-time loop that recomputes f and r from the saved states c_t (one fp32 tensor
-of h's size) rather than storing them.
+of h's size) rather than storing them. fp16 inputs run through the fp32 kernel (no vectorized fp16
+conversions in gcc without AVX512-FP16); the spec computes in fp32 too, so results agree.
 
-When the build fails (no compiler, no ninja), :func:`available` is False, :func:`why_unavailable` says
-why, and :func:`sru_lm.ops.select_backend` falls back to the reference, logging it once.
+The build: ``csrc/sru_cpu.cpp`` ships in the wheel; the first use on a machine compiles it with the
+system's C++ compiler and ninja (~30 s, logged) into ``$SRU_LM_CACHE`` (default ``~/.cache/sru_lm``), one
+folder per torch version and vector ISA, and later processes load it from there. Where the build fails,
+:func:`available` is False, :func:`why_unavailable` says why, and :func:`sru_lm.ops.select_backend` runs
+the scripted ``"torch"`` backend instead, logging once how to get this one.
+
+torch.compile and torch.export: forward, backward and step are custom ops (``sru_lm::cpu_scan_fwd``,
+``sru_lm::cpu_scan_bwd``, ``sru_lm::cpu_step``) with fake implementations and a registered autograd
+formula, so graphs trace through them. Eager calls without gradients skip the op layer (about 40 us of
+Python dispatch per call, most of a decode step) and call the extension directly.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from pathlib import Path
 from types import ModuleType
 
 import torch
-from torch.autograd.function import once_differentiable
+from torch import Tensor
 
-from .naive import state_dtype
+from ..models.sru_backend import state_dtype
+from .layout import grads_like
+
+logger = logging.getLogger(__name__)
 
 _SOURCE = Path(__file__).with_name("csrc") / "sru_cpu.cpp"
 _lock = threading.Lock()
@@ -41,8 +51,10 @@ _ext: ModuleType | None = None
 _error: str | None = None
 # Tests set this so the kernel pre-fills its outputs with NaN: an element it forgets to write fails.
 poison_outputs = False
-# SRU_LM_NO_CPU_EXT=1 keeps the kernel off (the reference runs instead); read once, at import.
+# SRU_LM_NO_CPU_EXT=1 keeps the kernel off (the scripted backend runs instead); read once, at import.
 _disabled = bool(os.environ.get("SRU_LM_NO_CPU_EXT"))
+HOW_TO_GET_IT = ("install a C++ compiler (e.g. `apt install g++`, Xcode command line tools on macOS) and "
+                 "`pip install ninja`, then restart Python")
 
 
 def _isa_flags() -> tuple[str, list[str]]:
@@ -57,7 +69,8 @@ def _isa_flags() -> tuple[str, list[str]]:
     return "generic", []
 
 
-def _build_dir(tag: str) -> str:
+def build_dir(tag: str) -> str:
+    """Where the kernel is built and cached: one folder per torch version and vector ISA."""
     root = os.environ.get("SRU_LM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sru_lm"
     )
@@ -76,12 +89,16 @@ def _load() -> ModuleType | None:
                 from torch.utils.cpp_extension import load
 
                 tag, isa = _isa_flags()
+                name, folder = f"sru_lm_cpu_{tag}", build_dir(tag)
+                if not os.path.exists(os.path.join(folder, f"{name}.so")):
+                    logger.warning(f"building the SRU CPU kernel (once per machine and torch version, ~30 s) "
+                                   f"into {folder}")
                 _ext = load(
-                    name=f"sru_lm_cpu_{tag}",
+                    name=name,
                     sources=[str(_SOURCE)],
                     extra_cflags=["-O3", "-fopenmp", "-fno-math-errno", "-fno-trapping-math", *isa],
                     extra_ldflags=["-fopenmp"],
-                    build_directory=_build_dir(tag),
+                    build_directory=folder,
                     verbose=False,
                 )
             except Exception as e:  # no compiler, no ninja, no headers: fall back, say why
@@ -92,9 +109,11 @@ def _load() -> ModuleType | None:
     return _ext
 
 
+@torch.compiler.assume_constant_result
 def available() -> bool:
     """True when the C++ kernel is built (compiling it on the first call, ~30 s, then cached).
-    Called on every decode step, so it costs a global lookup once the kernel is loaded."""
+    Called on every decode step, so it costs a global lookup once the kernel is loaded; torch.compile
+    runs it once, while tracing, and keeps the answer."""
     if _ext is not None:
         return True
     return not _disabled and _load() is not None
@@ -109,92 +128,132 @@ def why_unavailable() -> str:
     return _error or ""
 
 
-def step_available() -> bool:
-    return available()
+# ---- custom ops ----------------------------------------------------------------------------------------
+# Arguments arrive normalized (see sru_recurrence_cpu): U, x contiguous in fp32/bf16/fp64; v, b, c0 and
+# dropout_mask contiguous in the state dtype, which is v's dtype.
 
 
-class SRURecurrenceCPU(torch.autograd.Function):
-    """The recurrence with an analytic backward. v, b, c0, dropout_mask arrive in the state dtype."""
-
-    @staticmethod
-    def forward(ctx, U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x):
-        save = any(ctx.needs_input_grad[:5])
-        h, c_last, c_all = _load().forward(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x,
-                                        save, poison_outputs)
-        if save:
-            ctx.save_for_backward(U, x, v, b, c0, mask_pad, dropout_mask, c_all)
-        ctx.bidirectional, ctx.scale_x = bidirectional, scale_x
-        return h, c_last
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_h, grad_c_last):
-        U, x, v, b, c0, mask_pad, dropout_mask, c_all = ctx.saved_tensors
-        grad_h = torch.zeros_like(U[..., : c_all.shape[-1]]) if grad_h is None else grad_h.contiguous()
-        if grad_c_last is not None:
-            grad_c_last = grad_c_last.contiguous()
-        gU, gx, gvb, gc0 = _load().backward(U, x, v, b, c0, mask_pad, dropout_mask, ctx.bidirectional, ctx.scale_x,
-                                         c_all, grad_h.to(U.dtype), grad_c_last, poison_outputs)
-        gvb = gvb.sum(0)  # (D, 4, H): [v_f, v_r, b_f, b_r]
-        return (gU, gx if x is not None else None, gvb[:, :2], gvb[:, 2:], gc0 if c0 is not None else None,
-                None, None, None, None)
+def _dims(U: Tensor, v: Tensor, bidirectional: bool) -> tuple[int, int, int]:
+    """(L, B, D*H)"""
+    return U.shape[0], U.shape[1], (2 if bidirectional else 1) * v.shape[-1]
 
 
-def sru_recurrence_cpu(
-    U: torch.Tensor,
-    x: torch.Tensor | None,
-    v: torch.Tensor,
-    b: torch.Tensor,
-    initial_state: torch.Tensor | None,
-    mask_pad: torch.Tensor | None,
-    dropout_mask: torch.Tensor | None,
-    bidirectional: bool,
-    scale_x: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`sru_lm.ops.sru_recurrence` on the C++ kernel; arguments already checked there."""
-    if U.dtype == torch.float16:  # no vectorized fp16 in the kernel (see csrc): run it in fp32
-        h, c_last = sru_recurrence_cpu(
-            U.float(), None if x is None else x.float(), v, b, initial_state, mask_pad, dropout_mask,
-            bidirectional, scale_x,
-        )
+@torch.library.custom_op("sru_lm::cpu_scan_fwd", mutates_args=(), device_types="cpu")
+def _scan_fwd(
+    U: Tensor, x: Tensor | None, v: Tensor, b: Tensor, c0: Tensor | None, mask_pad: Tensor | None,
+    dropout_mask: Tensor | None, bidirectional: bool, scale_x: float, save: bool,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """-> h (L, B, D*H) in U's dtype, c_last (B, D*H), and c after every step (L, B, D*H) when ``save``,
+    else (0, B, D*H)."""
+    h, c_last, c_all = _ext.forward(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x, save,
+                                    poison_outputs)
+    return h, c_last, c_all
+
+
+@_scan_fwd.register_fake
+def _(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x, save):
+    L, B, DH = _dims(U, v, bidirectional)
+    return U.new_empty(L, B, DH), v.new_empty(B, DH), v.new_empty(L if save else 0, B, DH)
+
+
+@torch.library.custom_op("sru_lm::cpu_scan_bwd", mutates_args=(), device_types="cpu")
+def _scan_bwd(
+    U: Tensor, x: Tensor | None, v: Tensor, b: Tensor, c0: Tensor | None, mask_pad: Tensor | None,
+    dropout_mask: Tensor | None, bidirectional: bool, scale_x: float, c_all: Tensor, grad_h: Tensor,
+    grad_c_last: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """-> grads of U, x ((0, B, D*H) when U holds U_h), v, b, c0 (zeros when c0 is None)."""
+    args = (U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x)
+    if c_all.shape[0] != U.shape[0]:  # the forward saved nothing: recompute the states
+        c_all = _ext.forward(*args, True, poison_outputs)[2]
+    return tuple(_ext.backward(*args, c_all, grad_h, grad_c_last, poison_outputs))
+
+
+@_scan_bwd.register_fake
+def _(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x, c_all, grad_h, grad_c_last):
+    L, B, DH = _dims(U, v, bidirectional)
+    k3 = U.shape[-1] == 3 * DH
+    return U.new_empty(U.shape), U.new_empty(L if k3 else 0, B, DH), v.new_empty(v.shape), b.new_empty(b.shape), \
+        v.new_empty(B, DH)
+
+
+def _setup_context(ctx, inputs, output):
+    U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x, save = inputs
+    ctx.save_for_backward(U, x, v, b, c0, mask_pad, dropout_mask, output[2])
+    ctx.bidirectional, ctx.scale_x = bidirectional, scale_x
+    ctx.mark_non_differentiable(output[2])
+
+
+def _backward(ctx, grad_h, grad_c_last, _grad_c_all):
+    U, x, v, b, c0, mask_pad, dropout_mask, c_all = ctx.saved_tensors
+    if grad_h is None:  # only c_last was used
+        grad_h = U.new_zeros(_dims(U, v, ctx.bidirectional))
+    gU, gx, gv, gb, gc0 = torch.ops.sru_lm.cpu_scan_bwd(
+        U, x, v, b, c0, mask_pad, dropout_mask, ctx.bidirectional, ctx.scale_x, c_all,
+        grad_h.to(U.dtype).contiguous(), None if grad_c_last is None else grad_c_last.contiguous(),
+    )
+    grads = grads_like((gU, gx if x is not None else None, gv, gb, gc0), (U, x, v, b, c0))
+    return (*grads, None, None, None, None, None)
+
+
+torch.library.register_autograd("sru_lm::cpu_scan_fwd", _backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("sru_lm::cpu_step", mutates_args=(), device_types="cpu")
+def _step(
+    U: Tensor, x: Tensor | None, v: Tensor, b: Tensor, c: Tensor, mask_pad: Tensor | None,
+    dropout_mask: Tensor | None, scale_x: float,
+) -> tuple[Tensor, Tensor]:
+    """One decode step, no autograd (see sru_step_cpu); takes its inputs in any float dtype and layout."""
+    h, c_new = _ext.step(U, x, v, b, c, mask_pad, dropout_mask, scale_x)
+    return h, c_new
+
+
+@_step.register_fake
+def _(U, x, v, b, c, mask_pad, dropout_mask, scale_x):
+    return U.new_empty(c.shape), c.new_empty(c.shape, dtype=state_dtype(U.dtype))
+
+
+# ---- entry points (called by sru_lm.ops.recurrence, arguments checked there) --------------------------
+
+
+def sru_recurrence_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional, scale_x):
+    """:func:`sru_lm.ops.sru_recurrence` on the C++ kernel."""
+    if U.dtype == torch.float16:  # the fp32 kernel (see the module docstring); h back in fp16
+        h, c_last = sru_recurrence_cpu(U.float(), None if x is None else x.float(), v, b, initial_state, mask_pad,
+                                       dropout_mask, bidirectional, scale_x)
         return h.half(), c_last
     acc = state_dtype(U.dtype)
     D = 2 if bidirectional else 1
-    k = U.shape[-1] // (D * v.shape[-1])
-    # Casts happen outside the Function so autograd routes the gradients back through them.
+    k3 = U.shape[-1] == 3 * D * v.shape[-1]
+    # Casts happen outside the op so autograd routes the gradients back through them.
     args = (
         U.contiguous(),
-        x.contiguous() if k == 3 else None,
+        x.contiguous() if k3 else None,
         v.to(acc).contiguous(),
         b.to(acc).contiguous(),
         None if initial_state is None else initial_state.to(acc).contiguous(),
         None if mask_pad is None else mask_pad.contiguous(),
         None if dropout_mask is None else dropout_mask.to(acc).contiguous(),
         bidirectional,
-        scale_x,
+        float(scale_x),
     )
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
-        return SRURecurrenceCPU.apply(*args)
-    h, c_last, _ = _load().forward(*args, False, poison_outputs)  # inference: no graph, no saved states
+    save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5])
+    if save or torch.compiler.is_compiling():
+        h, c_last, _ = torch.ops.sru_lm.cpu_scan_fwd(*args, save)
+    else:  # eager inference: no graph, no saved states, no op dispatch
+        h, c_last, _ = _ext.forward(*args, False, poison_outputs)
     return h, c_last
 
 
-def sru_step_cpu(
-    U: torch.Tensor,
-    x: torch.Tensor | None,
-    v: torch.Tensor,
-    b: torch.Tensor,
-    c: torch.Tensor,
-    mask_pad: torch.Tensor | None,
-    dropout_mask: torch.Tensor | None,
-    scale_x: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One decode step (:func:`sru_lm.ops.sru_step`) in one C++ call; through the autograd Function
-    when gradients are needed."""
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (U, x, v, b, c)):
-        h, c_new = sru_recurrence_cpu(
-            U.unsqueeze(0), None if x is None else x.unsqueeze(0), v, b, c,
-            None if mask_pad is None else mask_pad.unsqueeze(0), dropout_mask, False, scale_x,
-        )
-        return h[0], c_new
-    return _load().step(U, x if U.shape[-1] == 3 * v.shape[-1] else None, v, b, c, mask_pad, dropout_mask, scale_x)
+def sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, scale_x):
+    """:func:`sru_lm.ops.sru_step` without gradients, in one C++ call."""
+    args = (U, x if U.shape[-1] == 3 * v.shape[-1] else None, v, b, c, mask_pad, dropout_mask, float(scale_x))
+    h, c_new = torch.ops.sru_lm.cpu_step(*args) if torch.compiler.is_compiling() else _ext.step(*args)
+    return h, c_new
+
+
+def sru_step_cpu_(U, x, v, b, c, h_out, mask_pad, dropout_mask, scale_x) -> None:
+    """The in-place step on the C++ kernel (see :func:`sru_lm.ops.sru_step_`)."""
+    _ext.step_(U, x if U.shape[-1] == 3 * v.shape[-1] else None, v, b, c, h_out, mask_pad, dropout_mask,
+               float(scale_x))

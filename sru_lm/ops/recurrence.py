@@ -1,4 +1,9 @@
-"""The public SRU recurrence: argument checks and the one place that picks a backend."""
+"""The dispatcher behind :func:`sru_recurrence` and :func:`sru_step`: argument checks and the one function
+that picks a backend (:func:`select_backend`), for sequences and single steps alike.
+
+The public functions themselves (signature, docstring) live with the spec in
+:mod:`sru_lm.models.sru_backend`, which calls :func:`run_recurrence` / :func:`run_step` here.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +12,12 @@ import os
 
 import torch
 
-from .naive import sru_recurrence_ref
+from ..models.sru_backend import sru_recurrence_ref, sru_step_ref
+from . import cpu, scripted
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "torch", "triton")
 # Read once: select_backend runs on every decode step, and an environment lookup is not free.
 ENV_BACKEND = os.environ.get("SRU_LM_BACKEND") or None
 _warned: set[str] = set()
@@ -27,17 +33,8 @@ def _shape(t: torch.Tensor | None) -> str:
     return "None" if t is None else str(tuple(t.shape))
 
 
-def check_recurrence_inputs(
-    U: torch.Tensor,
-    x: torch.Tensor | None,
-    v: torch.Tensor,
-    b: torch.Tensor,
-    initial_state: torch.Tensor | None,
-    mask_pad: torch.Tensor | None,
-    dropout_mask: torch.Tensor | None,
-    bidirectional: bool,
-) -> int:
-    """Validate shapes, dtypes and devices; return k (3 or 4)."""
+def check_recurrence_inputs(U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional) -> int:
+    """Validate the arguments of :func:`sru_recurrence` (shapes, dtypes, devices); return k (3 or 4)."""
     for name, t in (("U", U), ("v", v), ("b", b)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
@@ -62,114 +59,152 @@ def check_recurrence_inputs(
             raise ValueError("x is required when U has 3 projections per unit (k=3): it is the highway input")
         if x.shape != (L, B, D * H):
             raise ValueError(f"x must have shape (L, B, D*H)={(L, B, D * H)}, got {_shape(x)}")
-    devices = {t.device for t in (U, x, v, b, initial_state, mask_pad, dropout_mask) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-    floats = {"U": U, "x": x if k == 3 else None, "initial_state": initial_state, "dropout_mask": dropout_mask}
-    for name, t in floats.items():
-        if t is not None and not t.is_floating_point():
-            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
-    if k == 3 and x is not None and x.dtype != U.dtype:
-        raise TypeError(f"x must have U's dtype {U.dtype}, got {x.dtype}")
+    _check_common(U, x if k == 3 else None, v, b, ("initial_state", initial_state), mask_pad, dropout_mask)
     if initial_state is not None and initial_state.shape != (B, D * H):
         raise ValueError(f"initial_state must have shape (B, D*H)={(B, D * H)}, got {_shape(initial_state)}")
-    if mask_pad is not None:
-        if mask_pad.shape != (L, B):
-            raise ValueError(f"mask_pad must have shape (L, B)={(L, B)} (True = padding), got {_shape(mask_pad)}")
-        if mask_pad.dtype != torch.bool:
-            raise TypeError(f"mask_pad must be a bool tensor (True = padding), got {mask_pad.dtype}")
+    if mask_pad is not None and mask_pad.shape != (L, B):
+        raise ValueError(f"mask_pad must have shape (L, B)={(L, B)} (True = padding), got {_shape(mask_pad)}")
     if dropout_mask is not None and dropout_mask.shape != (B, D * H):
         raise ValueError(f"dropout_mask must have shape (B, D*H)={(B, D * H)}, got {_shape(dropout_mask)}")
     return k
 
 
+def check_step_inputs(U, x, v, b, c, mask_pad, dropout_mask) -> int:
+    """Validate the arguments of :func:`sru_step`; return k (3 or 4)."""
+    for name, t in (("U", U), ("v", v), ("b", b), ("c", c)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if U.dim() != 2:
+        raise ValueError(f"U must have shape (B, k*H) for one step, got {_shape(U)}")
+    if c.dim() != 2 or c.shape[0] != U.shape[0]:
+        raise ValueError(f"c must have shape (B, H) with B={U.shape[0]}, got {_shape(c)}")
+    B, H = c.shape
+    if v.shape != (1, 2, H) or b.shape != (1, 2, H):
+        raise ValueError(f"v and b must have shape (1, 2, H)={(1, 2, H)}, got {_shape(v)} and {_shape(b)}")
+    if U.shape[1] not in (3 * H, 4 * H):
+        raise ValueError(f"U's last dim must be 3*H={3 * H} or 4*H={4 * H}, got {U.shape[1]}")
+    k = U.shape[1] // H
+    if k == 3 and (x is None or x.shape != (B, H)):
+        raise ValueError(f"x must have shape (B, H)={(B, H)} when k=3, got {_shape(x)}")
+    if mask_pad is not None and mask_pad.shape != (B,):
+        raise ValueError(f"mask_pad must have shape (B,)={(B,)} (True = padding), got {_shape(mask_pad)}")
+    if dropout_mask is not None and dropout_mask.shape != (B, H):
+        raise ValueError(f"dropout_mask must have shape (B, H)={(B, H)}, got {_shape(dropout_mask)}")
+    _check_common(U, x if k == 3 else None, v, b, ("c", c), mask_pad, dropout_mask)
+    return k
+
+
+def _check_common(U, x, v, b, state: tuple[str, torch.Tensor | None], mask_pad, dropout_mask) -> None:
+    """dtypes and devices, the same for sequences and steps; ``state`` is (its argument name, the tensor)."""
+    if U.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+        raise TypeError(f"U must be a floating tensor (fp16/bf16/fp32/fp64), got {U.dtype}")
+    devices = {t.device for t in (U, x, v, b, state[1], mask_pad, dropout_mask) if t is not None}
+    if len(devices) > 1:
+        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
+    for n, t in (("x", x), state, ("dropout_mask", dropout_mask), ("v", v), ("b", b)):
+        if t is not None and not t.is_floating_point():
+            raise TypeError(f"{n} must be a floating tensor, got {t.dtype}")
+    if x is not None and x.dtype != U.dtype:
+        raise TypeError(f"x must have U's dtype {U.dtype}, got {x.dtype}")
+    if mask_pad is not None and mask_pad.dtype != torch.bool:
+        raise TypeError(f"mask_pad must be a bool tensor (True = padding), got {mask_pad.dtype}")
+
+
 def select_backend(U: torch.Tensor, backend: str | None = None) -> str:
-    """Pick the backend: an explicit ``backend`` (or env ``SRU_LM_BACKEND``, read at import) wins; else triton on CUDA
-    when importable, the CPU fast path on CPU, the reference otherwise. A fallback is logged once."""
-    backend = backend or ENV_BACKEND
-    if backend is not None:
-        if backend not in BACKENDS:
-            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-        return backend
-    if U.is_cuda:
-        from . import triton_backend
+    """The backend that runs a recurrence or a step on tensors like ``U``; the one place this is decided.
 
-        if triton_backend.available():
-            return "triton"
-        _warn_once("triton", f"Triton is not usable ({triton_backend.why_unavailable()}); "
-                   "the SRU recurrence falls back to the slow reference loop on CUDA")
-        return "reference"
-    if U.device.type == "cpu":
-        from . import cpu
+    ``backend`` (else env ``SRU_LM_BACKEND``, read at import) names a preference among :data:`BACKENDS`:
 
-        if cpu.available():
-            return "cpu"
-        _warn_once("cpu", f"the CPU fast path is not usable ({cpu.why_unavailable()}); "
-                   "the SRU recurrence falls back to the slow reference loop")
-        return "reference"
-    return "reference"
+    - ``"reference"``: the spec (:func:`sru_lm.models.sru_backend.sru_recurrence_ref`), always honoured;
+    - ``"torch"``: TorchScript loops with an analytic backward (:mod:`sru_lm.ops.scripted`), any device;
+    - ``"cpu"``: the C++ kernel (:mod:`sru_lm.ops.cpu`), the default on CPU;
+    - ``"triton"``: the Triton kernels, the default on CUDA (CPU tensors under ``TRITON_INTERPRET=1``).
 
-
-def sru_recurrence(
-    U: torch.Tensor,
-    x: torch.Tensor | None,
-    v: torch.Tensor,
-    b: torch.Tensor,
-    initial_state: torch.Tensor | None = None,
-    mask_pad: torch.Tensor | None = None,
-    dropout_mask: torch.Tensor | None = None,
-    bidirectional: bool = False,
-    scale_x: float = 1.0,
-    backend: str | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    r"""Run the SRU recurrence over a whole sequence.
-
-    For each direction ``d`` and time step ``t`` (the backward direction walks time in reverse)::
-
-        f_t = sigmoid(U_f + v_f * c_{t-1} + b_f)
-        r_t = sigmoid(U_r + v_r * c_{t-1} + b_r)
-        c_t = f_t * c_{t-1} + (1 - f_t) * U_x
-        h_t = x'_t + m * r_t * (c_t - x'_t)          # = r c + (1 - r) x' when m = 1
-
-    where ``x'_t = scale_x * x_t`` when ``k == 3`` and ``x'_t = U_h`` (the 4th projection) when ``k == 4``,
-    and ``m`` is the variational dropout mask (the same at every step). At a padded step (``mask_pad``
-    True) ``c`` is carried unchanged and ``h`` is zero, so the final state is the state after each
-    sequence's last real token, in both directions. The state is carried in fp32 for every input dtype.
-
-    Args:
-        U: ``(L, B, D*k*H)`` projections, viewed as ``(L, B, D, k, H)`` with the k blocks in the order
-            ``[U_x, U_f, U_r, (U_h)]``; D = 2 if ``bidirectional`` else 1. fp16, bf16, fp32 or fp64.
-        x: ``(L, B, D*H)`` highway input when k == 3 (same dtype as U); ignored (may be None) when k == 4.
-        v: ``(D, 2, H)`` the state weights ``[v_f, v_r]`` per direction.
-        b: ``(D, 2, H)`` the biases ``[b_f, b_r]`` per direction.
-        initial_state: ``(B, D*H)`` c_0 (zeros when None).
-        mask_pad: ``(L, B)`` bool, True at padding.
-        dropout_mask: ``(B, D*H)`` multiplier on the gated term (already scaled by 1/(1-p)).
-        bidirectional: run a second, reversed-time direction on its own half of U, v, b, x, c.
-        scale_x: the highway scale alpha for k == 3.
-        backend: ``"reference"``, ``"cpu"`` or ``"triton"``; None chooses by device (see
-            :func:`select_backend`).
-
-    Returns:
-        ``h``: ``(L, B, D*H)`` in U's dtype, and ``c_last``: ``(B, D*H)`` in fp32 (fp64 for fp64 input).
+    When the preferred fast backend cannot run here, the next best one runs and a warning says why, once:
+    the C++ kernel needs a C++ compiler and ninja at first use (else ``"torch"``); the Triton kernels need
+    triton and compute in fp32, so fp64 on CUDA runs ``"torch"``. Dtype rules otherwise: every backend
+    carries the state in fp32 (fp64 for fp64 inputs); the C++ kernel reads fp16 through its fp32 path.
+    Under torch.compile the choice is made once, while tracing, and kept in the graph.
 
     Example:
-        >>> L, B, H = 5, 2, 4
-        >>> U, x = torch.randn(L, B, 3 * H), torch.randn(L, B, H)
-        >>> v, b = torch.randn(1, 2, H), torch.zeros(1, 2, H)
-        >>> h, c = sru_recurrence(U, x, v, b)
-        >>> h.shape, c.shape
-        (torch.Size([5, 2, 4]), torch.Size([2, 4]))
+        >>> select_backend(torch.zeros(1)) in ("cpu", "torch")
+        True
+        >>> select_backend(torch.zeros(1), "reference")
+        'reference'
     """
-    check_recurrence_inputs(U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional)
-    args = (U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional, float(scale_x))
-    which = select_backend(U, backend)
-    if which == "reference" or U.dtype == torch.float64 and which == "triton":
-        return sru_recurrence_ref(*args)
-    if which == "cpu":
-        from .cpu import sru_recurrence_cpu
+    return _choose(U.device.type, U.dtype, backend or ENV_BACKEND)
 
-        return sru_recurrence_cpu(*args)
+
+@torch.compiler.assume_constant_result
+def _choose(device: str, dtype: torch.dtype, want: str | None) -> str:
+    if want is not None and want not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {want!r}")
+    if want in ("reference", "torch"):
+        return want
+    if want == "triton" or (want is None and device == "cuda"):
+        from . import triton_backend
+
+        why = triton_backend.why_unavailable()
+        if dtype == torch.float64:
+            why = "they compute in fp32, and the input is fp64"
+        elif device not in ("cuda", "cpu"):
+            why = f"they run on CUDA, not {device}"
+        if not why:
+            return "triton"
+        _warn_once(f"triton-{device}-{dtype}", f"the Triton kernels cannot run here ({why}); the SRU recurrence "
+                   "runs the scripted PyTorch loops (backend 'torch') instead")
+        return "torch"
+    if device != "cpu":
+        if want == "cpu":
+            _warn_once(f"cpu-{device}", f"backend 'cpu' needs CPU tensors, not {device}; running backend 'torch'")
+        return "torch"
+    if cpu.available():
+        return "cpu"
+    _warn_once("cpu", f"the C++ CPU kernel of the SRU recurrence is not usable ({cpu.why_unavailable()}); "
+               "running the scripted PyTorch loops (backend 'torch', several times slower in training). "
+               f"For the fast path, {cpu.HOW_TO_GET_IT}")
+    return "torch"
+
+
+def _triton_recurrence(*args):
     from .triton_backend import sru_recurrence_triton
 
     return sru_recurrence_triton(*args)
+
+
+def _triton_step(*args):
+    from .triton_backend import sru_step_triton
+
+    return sru_step_triton(*args)
+
+
+_RECURRENCE = {
+    "reference": sru_recurrence_ref,
+    "cpu": cpu.sru_recurrence_cpu,
+    "torch": scripted.sru_recurrence_torch,
+    "triton": _triton_recurrence,
+}
+_STEP_NO_GRAD = {"cpu": cpu.sru_step_cpu, "triton": _triton_step}  # one-token kernels without autograd
+
+
+def run_recurrence(args: tuple, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sru_recurrence` on ``args`` (its first nine arguments, in order)."""
+    check_recurrence_inputs(*args[:8])
+    return _RECURRENCE[select_backend(args[0], backend)](*args[:8], float(args[8]))
+
+
+def run_step(args: tuple, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`sru_step` on ``args`` (its first eight arguments, in order)."""
+    check_step_inputs(*args[:7])
+    U, x, v, b, c, mask_pad, dropout_mask, scale_x = args
+    which = select_backend(U, backend)
+    if which == "reference":
+        return sru_step_ref(*args)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5])
+    if which in _STEP_NO_GRAD and not needs_grad:
+        return _STEP_NO_GRAD[which](U, x, v, b, c, mask_pad, dropout_mask, float(scale_x))
+    h, c_new = _RECURRENCE[which](  # a length-1 sequence, differentiable
+        U[None], None if x is None else x[None], v, b, c, None if mask_pad is None else mask_pad[None],
+        dropout_mask, False, float(scale_x),
+    )
+    return h[0], c_new

@@ -22,11 +22,12 @@ from sru_lm.ops import cpu
 
 
 def cpu_backends() -> list:
-    """The fast backends that run on CPU, tested against the reference. The reference backend itself
-    is checked once (``test_reference_backend_is_the_spec``). The C++ kernel is skipped, with the reason,
-    where it cannot be built; ``test_cpu_extension_builds`` fails where it should have been."""
+    """The fast backends that run on CPU, tested against the reference: the C++ kernel and the scripted
+    loops (backend "torch", the fallback where no compiler exists). The reference backend itself is checked
+    once (``test_reference_backend_is_the_spec``). The C++ kernel is skipped, with the reason, where it
+    cannot be built; ``test_cpu_extension_builds`` fails where it should have been."""
     why = "" if cpu.available() else cpu.why_unavailable()
-    return [pytest.param("cpu", marks=pytest.mark.skipif(bool(why), reason=f"CPU kernel: {why}"))]
+    return [pytest.param("cpu", marks=pytest.mark.skipif(bool(why), reason=f"CPU kernel: {why}")), "torch"]
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -1,6 +1,7 @@
 """Every recurrence backend against the reference: outputs, final state and every gradient, at awkward
-sizes (L=63, H=100, B=3), with every option, in fp32, bf16 and fp16; gradcheck of the CPU autograd
-Function in fp64; padding semantics; input checks and backend dispatch."""
+sizes (L=63, H=100, B=3), with every option, in fp32, bf16 and fp16; gradcheck of the C++ op and the
+scripted Function in fp64; gradients laid out like their inputs; padding semantics; input checks and
+backend dispatch."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import zlib
 import pytest
 import torch
 
-from sru_lm.ops import cpu, recurrence, select_backend, sru_recurrence, sru_recurrence_ref
+from sru_lm.ops import cpu, recurrence, scripted, select_backend, sru_recurrence, sru_recurrence_ref
 
 # Imported by other backends' test files (see conftest.py): the tests parametrized by `backend`.
 __all__ = [
@@ -25,6 +26,7 @@ __all__ = [
     "test_wide_hidden",
     "test_empty_sequence",
     "test_final_state_is_last_real_token",
+    "test_grads_are_laid_out_like_inputs",
 ]
 
 OPTIONS = {
@@ -204,21 +206,40 @@ def test_final_state_is_last_real_token(backend, bidirectional, problem, close):
 needs_cpu = pytest.mark.skipif(not cpu.available(), reason=f"CPU kernel unavailable: {cpu.why_unavailable()}")
 
 
-@needs_cpu
+# The differentiable fast paths, called directly (no dispatcher), for gradcheck.
+FUNCTIONS = [
+    pytest.param(cpu.sru_recurrence_cpu, id="cpu", marks=needs_cpu),
+    pytest.param(scripted.sru_recurrence_torch, id="torch"),
+]
+
+
+@pytest.mark.parametrize("fn", FUNCTIONS)
 @pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
 @pytest.mark.parametrize("k", [3, 4], ids=["k3", "k4"])
-def test_gradcheck_cpu_function(bidirectional, k, problem):
+def test_gradcheck(fn, bidirectional, k, problem):
     p = problem(L=6, B=3, H=4, bidirectional=bidirectional, k=k, dtype=torch.float64, **OPTIONS["all"])
     inputs = tuple(p.differentiable().values())
 
-    def fn(*ts):
+    def run_fn(*ts):
         named = dict(zip(p.differentiable(), ts, strict=True))
-        return cpu.sru_recurrence_cpu(
-            named["U"], named.get("x"), named["v"], named["b"], named["initial_state"], p.mask_pad,
-            p.dropout_mask, bidirectional, p.scale_x,
-        )
+        return fn(named["U"], named.get("x"), named["v"], named["b"], named["initial_state"], p.mask_pad,
+                  p.dropout_mask, bidirectional, p.scale_x)
 
-    assert torch.autograd.gradcheck(fn, inputs)
+    assert torch.autograd.gradcheck(run_fn, inputs)
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_grads_are_laid_out_like_inputs(backend, bidirectional, dtype, problem):
+    """Every gradient has its input's dtype and strides: DDP copies a parameter's gradient whose strides
+    differ from the parameter's, e.g. a (1, 2, H) slice of a (1, 4, H) buffer, which counts as contiguous
+    but has strides (4H, H, 1)."""
+    p = problem(L=7, B=3, H=10, bidirectional=bidirectional, k=3, init=True, dtype=dtype)
+    inputs = (p.U, p.x, p.v, p.b, p.initial_state)
+    h, c = sru_recurrence(*inputs, bidirectional=bidirectional, backend=backend)
+    grads = torch.autograd.grad(h.float().sum() + c.sum(), inputs)
+    for name, g, t in zip(("U", "x", "v", "b", "initial_state"), grads, inputs, strict=True):
+        assert g.stride() == t.stride() and g.dtype == t.dtype, (name, g.stride(), t.stride())
 
 
 def test_cpu_extension_builds():
@@ -297,6 +318,19 @@ def test_cpu_is_chosen_on_cpu(monkeypatch):
     assert select_backend(torch.zeros(1)) == "reference"
     with pytest.raises(ValueError, match="backend"):
         select_backend(torch.zeros(1), "fast")
+    monkeypatch.setattr(recurrence, "ENV_BACKEND", None)
+    for dtype in (torch.float64, torch.float16, torch.bfloat16):  # the kernel takes every dtype on CPU
+        assert select_backend(torch.zeros(1, dtype=dtype)) == "cpu"
+
+
+def test_explicit_backends_are_honoured_or_fall_back_logged(monkeypatch):
+    monkeypatch.setattr(recurrence, "ENV_BACKEND", None)
+    assert select_backend(torch.zeros(1), "torch") == "torch"
+    assert select_backend(torch.zeros(1, dtype=torch.float64), "reference") == "reference"
+    monkeypatch.setattr(cpu, "available", lambda: False)
+    assert select_backend(torch.zeros(1), "cpu") == "torch"  # e.g. a config saved with "cpu", no compiler here
+    # Triton cannot compute fp64: the scripted loops run (CPU tensors reach Triton under TRITON_INTERPRET=1)
+    assert select_backend(torch.zeros(1, dtype=torch.float64), "triton") == "torch"
 
 
 def test_fallback_is_logged_once(monkeypatch, caplog):
@@ -306,9 +340,10 @@ def test_fallback_is_logged_once(monkeypatch, caplog):
     monkeypatch.setattr(recurrence, "_warned", set())
     with caplog.at_level(logging.WARNING, logger=recurrence.logger.name):
         for _ in range(3):
-            assert select_backend(torch.zeros(1)) == "reference"
+            assert select_backend(torch.zeros(1)) == "torch"
     msgs = [r.getMessage() for r in caplog.records if "no compiler (test)" in r.getMessage()]
     assert len(msgs) == 1
+    assert "install a C++ compiler" in msgs[0] and "ninja" in msgs[0]  # says how to get the fast path
     h, _ = sru_recurrence(**good_args())  # and the fallback computes
     assert h.shape == (L_, B_, H_)
 
@@ -317,7 +352,7 @@ def test_build_failure_is_reported(monkeypatch):
     monkeypatch.setattr(cpu, "_disabled", False)
     monkeypatch.setattr(cpu, "_ext", None)
     monkeypatch.setattr(cpu, "_error", "RuntimeError: Error building extension (test)")
-    assert not cpu.available() and not cpu.step_available()
+    assert not cpu.available()
     assert "Error building extension" in cpu.why_unavailable()
     monkeypatch.setattr(cpu, "_disabled", True)
     assert not cpu.available() and "SRU_LM_NO_CPU_EXT" in cpu.why_unavailable()

@@ -364,7 +364,7 @@ Problem<scalar_t> make_problem(const at::Tensor& U, const c10::optional<at::Tens
 #define SRU_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND(at::kBFloat16, TYPE, NAME, __VA_ARGS__)
 
-// Returns (h (L, B, D*H), c_last (B, D*H), c_all (L, B, D*H) or an empty tensor).
+// Returns (h (L, B, D*H), c_last (B, D*H), c_all (L, B, D*H), or (0, B, D*H) without save_c).
 std::vector<at::Tensor> forward(const at::Tensor& U, const c10::optional<at::Tensor>& x,
                                 const at::Tensor& v, const at::Tensor& b,
                                 const c10::optional<at::Tensor>& c0,
@@ -376,7 +376,7 @@ std::vector<at::Tensor> forward(const at::Tensor& U, const c10::optional<at::Ten
   const auto acc_dtype = v.scalar_type();
   at::Tensor h = at::empty({L, B, D * H}, U.options());
   at::Tensor c_last = at::empty({B, D * H}, U.options().dtype(acc_dtype));
-  at::Tensor c_all = save_c ? at::empty({L, B, D * H}, U.options().dtype(acc_dtype)) : at::Tensor();
+  at::Tensor c_all = at::empty({save_c ? L : 0, B, D * H}, U.options().dtype(acc_dtype));
   if (poison) {  // tests: an element the kernel forgets to write shows up as NaN
     h.fill_(NAN);
     c_last.fill_(NAN);
@@ -395,8 +395,8 @@ std::vector<at::Tensor> forward(const at::Tensor& U, const c10::optional<at::Ten
   return {h, c_last, c_all};
 }
 
-// Returns (grad_U, grad_x or an empty tensor for K == 4, grad_vb (B, D, 4, H) per-batch partial
-// sums [v_f, v_r, b_f, b_r], grad_c0 (B, D*H)).
+// Returns (grad_U, grad_x or an empty tensor for K == 4, grad_v (D, 2, H), grad_b (D, 2, H),
+// grad_c0 (B, D*H)), each a fresh contiguous tensor (gradients laid out like their parameters).
 std::vector<at::Tensor> backward(const at::Tensor& U, const c10::optional<at::Tensor>& x,
                                  const at::Tensor& v, const at::Tensor& b,
                                  const c10::optional<at::Tensor>& c0,
@@ -411,7 +411,7 @@ std::vector<at::Tensor> backward(const at::Tensor& U, const c10::optional<at::Te
   at::Tensor gvb = at::zeros({B, D, 4, H}, v.options());
   at::Tensor gc0 = at::empty({B, D * H}, v.options());
   const int64_t K = U.size(2) / (D * H);
-  at::Tensor gx = K == 3 ? at::empty({L, B, D * H}, U.options()) : at::Tensor();
+  at::Tensor gx = at::empty({K == 3 ? L : 0, B, D * H}, U.options());
   if (poison) {
     gU.fill_(NAN);
     gc0.fill_(NAN);
@@ -432,20 +432,25 @@ std::vector<at::Tensor> backward(const at::Tensor& U, const c10::optional<at::Te
                               raw_ptr<scalar_t>(gU), ghw, K == 3 ? H : 4 * H, gvb.data_ptr<acc_t>(),
                               gc0.data_ptr<acc_t>());
   });
-  return {gU, gx, gvb, gc0};
+  const at::Tensor g = gvb.sum(0);  // (D, 4, H): per-batch partial sums [v_f, v_r, b_f, b_r]
+  return {gU, gx, g.narrow(1, 0, 2).clone(at::MemoryFormat::Contiguous),
+          g.narrow(1, 2, 2).clone(at::MemoryFormat::Contiguous), gc0};
 }
 
-// One unidirectional decode step: U (B, K*H), x (B, H) or None, c (B, H) -> (h (B, H), c (B, H)).
+// One unidirectional decode step: U (B, K*H), x (B, H) or None, c_in (B, H) -> h_out (B, H), c_out (B, H).
 // Takes the caller's tensors as they are (any float dtype, strides) and normalizes them here, where a
 // no-op cast costs nanoseconds instead of the microsecond of a Python-level `.to()`: per-call overhead
-// is most of the cost of a decode step.
-std::vector<at::Tensor> step(const at::Tensor& U_in, const c10::optional<at::Tensor>& x_in,
-                             const at::Tensor& v_in, const at::Tensor& b_in, const at::Tensor& c_in,
-                             const c10::optional<at::Tensor>& mask_pad_in,
-                             const c10::optional<at::Tensor>& dropout_mask_in, double scale_x) {
+// is most of the cost of a decode step. c_out may be c_in (the kernel reads a column's state before it
+// writes it, in the same thread); both must be contiguous in the state dtype, h_out contiguous.
+void step_into(const at::Tensor& U_in, const c10::optional<at::Tensor>& x_in, const at::Tensor& v_in,
+               const at::Tensor& b_in, const at::Tensor& c_in, const c10::optional<at::Tensor>& mask_pad_in,
+               const c10::optional<at::Tensor>& dropout_mask_in, double scale_x, at::Tensor& c_out,
+               at::Tensor& h_out) {
   const auto in_dtype = U_in.scalar_type();
   const auto run_dtype = in_dtype == at::kHalf ? at::kFloat : in_dtype;  // fp16 runs in fp32 (see IO)
   const auto acc = in_dtype == at::kDouble ? at::kDouble : at::kFloat;
+  check(c_out.is_contiguous() && c_out.scalar_type() == acc, "the new state must be contiguous in the state dtype");
+  check(h_out.is_contiguous() && h_out.scalar_type() == in_dtype, "h must be contiguous in U's dtype");
   const at::Tensor U = U_in.to(run_dtype).contiguous();
   c10::optional<at::Tensor> x;
   if (x_in.has_value()) x = x_in->to(run_dtype).contiguous();
@@ -454,14 +459,31 @@ std::vector<at::Tensor> step(const at::Tensor& U_in, const c10::optional<at::Ten
   if (mask_pad_in.has_value()) mask_pad = mask_pad_in->contiguous();
   if (dropout_mask_in.has_value()) dropout_mask = dropout_mask_in->to(acc).contiguous();
   const int64_t B = U.size(0), H = v.size(-1);
-  at::Tensor h = at::empty({B, H}, U.options());
-  at::Tensor c_new = at::empty({B, H}, v.options());
+  at::Tensor h = run_dtype == in_dtype ? h_out : at::empty({B, H}, U.options());
   SRU_DISPATCH(U.scalar_type(), "sru_step", [&] {
     std::vector<acc_type<scalar_t>> ones, zeros;
     auto p = make_problem<scalar_t>(U, x, v, b, c, mask_pad, dropout_mask, 1, B, 1, scale_x, ones, zeros);
-    forward_kernel<scalar_t, false>(p, raw_ptr<scalar_t>(h), c_new.data_ptr<acc_type<scalar_t>>(), nullptr);
+    forward_kernel<scalar_t, false>(p, raw_ptr<scalar_t>(h), c_out.data_ptr<acc_type<scalar_t>>(), nullptr);
   });
-  return {in_dtype == at::kHalf ? h.to(at::kHalf) : h, c_new};
+  if (run_dtype != in_dtype) h_out.copy_(h);
+}
+
+std::vector<at::Tensor> step(const at::Tensor& U, const c10::optional<at::Tensor>& x, const at::Tensor& v,
+                             const at::Tensor& b, const at::Tensor& c,
+                             const c10::optional<at::Tensor>& mask_pad,
+                             const c10::optional<at::Tensor>& dropout_mask, double scale_x) {
+  const int64_t B = U.size(0), H = v.size(-1);
+  at::Tensor h = at::empty({B, H}, U.options());
+  at::Tensor c_new = at::empty({B, H}, U.options().dtype(U.scalar_type() == at::kDouble ? at::kDouble : at::kFloat));
+  step_into(U, x, v, b, c, mask_pad, dropout_mask, scale_x, c_new, h);
+  return {h, c_new};
+}
+
+// The in-place decode step: c (B, H) updated where it lies, h written into h_out (B, H).
+void step_(const at::Tensor& U, const c10::optional<at::Tensor>& x, const at::Tensor& v, const at::Tensor& b,
+           at::Tensor& c, at::Tensor& h_out, const c10::optional<at::Tensor>& mask_pad,
+           const c10::optional<at::Tensor>& dropout_mask, double scale_x) {
+  step_into(U, x, v, b, c, mask_pad, dropout_mask, scale_x, c, h_out);
 }
 
 }  // namespace
@@ -470,4 +492,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("forward", &forward, "SRU recurrence forward (CPU)");
   m.def("backward", &backward, "SRU recurrence backward (CPU)");
   m.def("step", &step, "one SRU decode step (CPU)");
+  m.def("step_", &step_, "one SRU decode step (CPU), updating c in place and writing h_out");
 }

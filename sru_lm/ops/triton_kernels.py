@@ -4,7 +4,7 @@ One program owns one (hidden-unit block, batch row, direction) and walks time in
 :mod:`sru_lm.ops.naive`; the launchers, the autograd op and the choice of block sizes live in
 :mod:`sru_lm.ops.triton_backend`.
 
-Schedule. Time is cut into chunks of ``T`` steps. A chunk's inputs are loaded as ``(T, BLOCK_H)``
+Schedule. Time is cut into chunks of ``T`` steps. A chunk's inputs are loaded as ``(BLOCK_H, T)``
 tiles, one load per gate, and the tiles of chunk j+1 are issued before the math of chunk j runs, so a
 thread keeps about ``4*T`` loads in flight instead of stalling on memory once per step. Loads are
 contiguous across hidden units (U is laid out ``(L, B, D, k, H)``). The launcher sets
@@ -43,8 +43,8 @@ _helper = (lambda fn: fn) if _INTERPRET else triton.jit
 
 @_helper
 def _row(tile, rows, i: tl.constexpr):
-    """Row i of a (T, BLOCK_H) tile as a (BLOCK_H,) vector, without leaving the thread."""
-    return tl.sum(tl.where(rows[:, None] == i, tile, 0.0), axis=0)
+    """Step i of a (BLOCK_H, T) tile as a (BLOCK_H,) vector, without leaving the thread."""
+    return tl.sum(tl.where(rows[None, :] == i, tile, 0.0), axis=1)
 
 
 @_helper
@@ -59,7 +59,7 @@ def _load_chunk(
     D: tl.constexpr, K: tl.constexpr, HAS_PAD: tl.constexpr, HAS_DH: tl.constexpr,
     T: tl.constexpr,
 ):
-    """The (T, BLOCK_H) input tiles of chunk j: U_x, U_f, U_r, x', keep (1 = real step), dh.
+    """The (BLOCK_H, T) input tiles of chunk j: U_x, U_f, U_r, x', keep (1 = real step), dh.
 
     Without padding ``keep`` and without HAS_DH ``dh`` are scalar placeholders (no registers)."""
     s = j * T + rows  # (T,) step indices
@@ -67,8 +67,8 @@ def _load_chunk(
     t = _time_of(s, L, i_d)
     t = tl.where(valid, t, 0).to(tl.int64)
     row_u = ((t * B + i_b) * D + i_d) * (K * H)  # (T,) offset of (t, b, d, gate 0, unit 0)
-    m2 = valid[:, None] & mask_h[None, :]
-    p = p_U + row_u[:, None] + offs_h[None, :]
+    m2 = mask_h[:, None] & valid[None, :]
+    p = p_U + offs_h[:, None] + row_u[None, :]
     u0 = tl.load(p, mask=m2, other=0.0).to(tl.float32)
     uf = tl.load(p + H, mask=m2, other=0.0).to(tl.float32)
     ur = tl.load(p + 2 * H, mask=m2, other=0.0).to(tl.float32)
@@ -76,16 +76,16 @@ def _load_chunk(
         xp = tl.load(p + 3 * H, mask=m2, other=0.0).to(tl.float32)
     else:
         row_x = ((t * B + i_b) * D + i_d) * H
-        xp = tl.load(p_x + row_x[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32) * scale_x
+        xp = tl.load(p_x + offs_h[:, None] + row_x[None, :], mask=m2, other=0.0).to(tl.float32) * scale_x
     if HAS_PAD:
-        # a (T, BLOCK_H) broadcast load keeps the flag in the same registers as the other tiles
-        pad = tl.load(p_pad + (t * B + i_b)[:, None] + offs_h[None, :] * 0, mask=m2, other=1)
-        keep = tl.where(valid[:, None] & (pad == 0), 1.0, 0.0)
+        # a (BLOCK_H, T) broadcast load keeps the flag in the same registers as the other tiles
+        pad = tl.load(p_pad + offs_h[:, None] * 0 + (t * B + i_b)[None, :], mask=m2, other=1)
+        keep = tl.where(valid[None, :] & (pad == 0), 1.0, 0.0)
     else:
         keep = 1.0  # the kernels test s < L instead
     if HAS_DH:
         row_h = ((t * B + i_b) * D + i_d) * H
-        dh = tl.load(p_dh + row_h[:, None] + offs_h[None, :], mask=m2, other=0.0).to(tl.float32)
+        dh = tl.load(p_dh + offs_h[:, None] + row_h[None, :], mask=m2, other=0.0).to(tl.float32)
     else:
         dh = 0.0
     return u0, uf, ur, xp, keep, dh
@@ -211,8 +211,8 @@ def _sru_bwd_kernel(
         c_ck = tl.load(p_c_saved + j.to(tl.int64) * stride_saved + col, mask=mask_h, other=0.0)
     else:
         s_rows = j * T + rows
-        ms = (s_rows < L)[:, None] & mask_h[None, :]
-        cp = tl.load(p_c_saved + s_rows.to(tl.int64)[:, None] * stride_saved + col[None, :], mask=ms, other=0.0)
+        ms = mask_h[:, None] & (s_rows < L)[None, :]
+        cp = tl.load(p_c_saved + col[:, None] + s_rows.to(tl.int64)[None, :] * stride_saved, mask=ms, other=0.0)
     for jj in range(0, n_chunks):
         j = n_chunks - 1 - jj
         # prefetch chunk j-1 (masked off when j == 0)
@@ -225,9 +225,9 @@ def _sru_bwd_kernel(
             nc_ck = tl.load(p_ck, mask=tl.where(j > 0, mask_h, False), other=0.0)
             # rebuild c_{t-1} for the chunk's T steps, forward, in registers
             c = c_ck
-            cp = tl.zeros([T, BLOCK_H], dtype=tl.float32)
+            cp = tl.zeros([BLOCK_H, T], dtype=tl.float32)
             for i in tl.static_range(T):
-                cp = tl.where(rows[:, None] == i, c[None, :], cp)
+                cp = tl.where(rows[None, :] == i, c[:, None], cp)
                 _, _, c_new = _cell(c, _row(u0, rows, i), _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
                 if HAS_PAD:
                     c = tl.where(_row(keep, rows, i) > 0.5, c_new, c)
@@ -235,9 +235,9 @@ def _sru_bwd_kernel(
                     c = tl.where(j * T + i < L, c_new, c)
         else:
             s_rows = (j - 1) * T + rows
-            ms = ((s_rows >= 0) & (s_rows < L))[:, None] & mask_h[None, :]
-            p_cs = p_c_saved + tl.where(s_rows >= 0, s_rows, 0).to(tl.int64)[:, None] * stride_saved
-            ncp = tl.load(p_cs + col[None, :], mask=ms, other=0.0)
+            ms = mask_h[:, None] & ((s_rows >= 0) & (s_rows < L))[None, :]
+            p_cs = p_c_saved + tl.where(s_rows >= 0, s_rows, 0).to(tl.int64)[None, :] * stride_saved
+            ncp = tl.load(p_cs + col[:, None], mask=ms, other=0.0)
         for i in tl.static_range(T - 1, -1, -1):
             s = j * T + i
             t = _time_of(s, L, i_d).to(tl.int64)

@@ -261,7 +261,7 @@ def test_step_matches_reference(k, pad, drop, dtype):
     mask = torch.tensor([False, True, False], device=DEVICE) if pad else None
     m = ((torch.rand(B, H, generator=g) < 0.7).float() / 0.7).to(DEVICE) if drop else None
 
-    h_ref, c_ref = sru_step_ref(U, x, v, b, c, m, 1.3)
+    h_ref, c_ref = sru_step_ref(U, x, v, b, c, dropout_mask=m, scale_x=1.3)
     if pad:
         h_ref[1], c_ref[1] = 0, c[1]
     h, c_new = sru_step(U, x, v, b, c, mask, m, 1.3, backend="triton")

@@ -18,10 +18,11 @@ of h's size) rather than storing them. fp16 inputs run through the fp32 kernel (
 conversions in gcc without AVX512-FP16); the spec computes in fp32 too, so results agree.
 
 The build: ``csrc/sru_cpu.cpp`` ships in the wheel; the first use on a machine compiles it with the
-system's C++ compiler and ninja (~30 s, logged) into ``$SRU_LM_CACHE`` (default ``~/.cache/sru_lm``), one
-folder per torch version and vector ISA, and later processes load it from there. Where the build fails,
-:func:`available` is False, :func:`why_unavailable` says why, and :func:`sru_lm.ops.select_backend` runs
-the scripted ``"torch"`` backend instead, logging once how to get this one.
+system's C++ compiler and ninja (~30 s, logged) into ``$SRU_LM_CACHE`` (default ``~/.cache/sru_lm``),
+one folder per torch version, vector ISA and source, and later processes load it from there. Where the
+build fails, :func:`available` is False, :func:`why_unavailable` says why, and
+:func:`sru_lm.ops.select_backend` runs the scripted ``"torch"`` backend instead, logging once how to get
+this one.
 
 torch.compile and torch.export: forward, backward and step are custom ops (``sru_lm::cpu_scan_fwd``,
 ``sru_lm::cpu_scan_bwd``, ``sru_lm::cpu_step``) with fake implementations and a registered autograd
@@ -31,6 +32,7 @@ Python dispatch per call, most of a decode step) and call the extension directly
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import threading
@@ -70,11 +72,13 @@ def _isa_flags() -> tuple[str, list[str]]:
 
 
 def build_dir(tag: str) -> str:
-    """Where the kernel is built and cached: one folder per torch version and vector ISA."""
+    """Where the kernel is built and cached: one folder per torch version, vector ISA and source (so two
+    versions of sru_lm sharing a cache do not rebuild over each other)."""
     root = os.environ.get("SRU_LM_CACHE") or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "sru_lm"
     )
-    path = os.path.join(root, f"cpu_ext_torch{torch.__version__.split('+')[0]}_{tag}")
+    source = hashlib.sha256(_SOURCE.read_bytes()).hexdigest()[:10]
+    path = os.path.join(root, f"cpu_ext_torch{torch.__version__.split('+')[0]}_{tag}_{source}")
     os.makedirs(path, exist_ok=True)
     return path
 

@@ -50,6 +50,8 @@ from transformers.modeling_outputs import (
     QuestionAnsweringModelOutput,
     SequenceClassifierOutputWithPast,
 )
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.output_capturing import capture_outputs
 
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, ROTARY, SRULMConfig
@@ -78,17 +80,46 @@ def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
     return t * cos + torch.cat([-t2, t1], dim=-1) * sin
 
 
+def eager_attention_forward(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    scaling: float,
+    dropout: float = 0.0,
+    **kwargs,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Attention written out, the implementation that returns its weights: ``query`` (B, nh, L, hd), ``key`` and
+    ``value`` (B, nh, S, hd), ``attention_mask`` added to the scores (0 or the dtype's min, (B or 1, 1, L, S)) ->
+    ``(output (B, L, nh, hd), weights (B, nh, L, S))``, the layout of transformers' attention functions."""
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, nh, L, S)
+    if attention_mask is not None:
+        scores = scores + attention_mask
+    weights = F.softmax(scores, dim=-1, dtype=torch.float32).to(query.dtype)
+    weights = F.dropout(weights, p=dropout, training=module.training)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), weights
+
+
 class SRULMAttention(nn.Module):
     """SRU++ attention: the query is ``z`` itself, keys and values come from one projection ``W2 z``.
 
-    ``forward(z (L, B, d_proj), attn_mask, is_causal, rotary, layer_cache) -> (L, B, d_proj)``; with a
-    ``layer_cache`` the new keys/values are appended and the queries attend to all cached positions.
+    ``forward(z (L, B, d_proj), attn_mask, is_causal, rotary, layer_cache) -> (out (L, B, d_proj), weights)``; with
+    a ``layer_cache`` the new keys/values are appended and the queries attend to all cached positions. The scores
+    go through ``config._attn_implementation`` (transformers' ``ALL_ATTENTION_FUNCTIONS``: ``"sdpa"``,
+    ``"flex_attention"``, ...; ``"eager"`` is :func:`eager_attention_forward`); ``weights`` (B, heads, L, S) come
+    back from eager only, None otherwise. ``attn_mask`` is in the form :meth:`SRULMModel._attention_mask_for`
+    made for that implementation.
     """
 
-    def __init__(self, config: SRULMConfig) -> None:
+    def __init__(self, config: SRULMConfig, layer_idx: int | None = None) -> None:
         super().__init__()
+        self.config = config
+        self.layer_idx = layer_idx
         self.num_heads = config.num_attention_heads
         self.head_dim = config.projection_size // config.num_attention_heads
+        self.scaling = self.head_dim**-0.5
+        self.is_causal = not config.bidirectional
         self.dropout = config.attention_dropout
         self.kv_proj = nn.Linear(config.projection_size, 2 * config.projection_size, bias=False)  # W2
 
@@ -99,7 +130,8 @@ class SRULMAttention(nn.Module):
         is_causal: bool = False,
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         layer_cache: SRULMLayerCache | None = None,
-    ) -> torch.Tensor:
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         L, B, dp = z.shape
         nh, hd = self.num_heads, self.head_dim
         q = z.view(L, B, nh, hd).permute(1, 2, 0, 3)  # (B, nh, L, hd)
@@ -108,14 +140,16 @@ class SRULMAttention(nn.Module):
             q, k = apply_rotary(q, *rotary), apply_rotary(k, *rotary)
         if layer_cache is not None:
             k, v = layer_cache.update(k, v)  # (B, nh, past + L, hd)
-        a = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal
-        )  # (B, nh, L, hd)
-        return a.permute(2, 0, 1, 3).reshape(L, B, dp)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        a, weights = attention(
+            self, q, k, v, attn_mask, dropout=self.dropout if self.training else 0.0, scaling=self.scaling,
+            is_causal=is_causal, **kwargs,
+        )  # a: (B, L, nh, hd)
+        return a.transpose(0, 1).reshape(L, B, dp), weights
 
 
 class SRULMLayer(GradientCheckpointingLayer):
-    """One SRU++ layer (see the module docstring): ``x (L, B, d) -> h (L, B, d)``.
+    """One SRU++ layer (see the module docstring): ``x (B, L, d) -> h (B, L, d)``.
 
     Parameters: ``in_proj`` (W1, d -> d_proj), ``attention`` (W2 and the scalar ``alpha``) on attention
     layers, ``norm`` (LayerNorm on z, or on x with ``normalize_after=False``), ``out_proj`` (W3, d_proj ->
@@ -136,7 +170,7 @@ class SRULMLayer(GradientCheckpointingLayer):
         self.normalize_after = config.normalize_after
         self.in_proj = nn.Linear(d, dp, bias=False)
         if config.layer_types[layer_idx] == ATTENTION_LAYER:
-            self.attention = SRULMAttention(config)
+            self.attention = SRULMAttention(config, layer_idx)
             self.alpha = nn.Parameter(torch.zeros(1))
         else:
             self.attention = self.alpha = None
@@ -170,10 +204,15 @@ class SRULMLayer(GradientCheckpointingLayer):
         rotary: tuple[torch.Tensor, torch.Tensor] | None = None,
         cache: SRULMLayerCache | None = None,
     ) -> torch.Tensor:
+        # Batch-first at the boundary, so output capture (hidden states) sees the very tensors the layers pass
+        # on; inside, sequence-first, the recurrence's layout. Consecutive layers hand over a transposed view of
+        # one (L, B, d) buffer, so the transposes below copy nothing after the first layer.
+        x = x.transpose(0, 1).contiguous()  # (L, B, d)
         L, B, d = x.shape
         z = self.in_proj(x if self.normalize_after else self.norm(x))  # (L, B, d_proj)
         if self.attention is not None:
-            z = z + self.alpha * self.attention(z, attn_mask, is_causal, rotary, cache)
+            a, _ = self.attention(z, attn_mask, is_causal, rotary, cache)  # weights: recorded by output capture
+            z = z + self.alpha * a
         if self.normalize_after:
             z = self.norm(z)
         U = self.out_proj(z)  # (L, B, D*3*H)
@@ -194,7 +233,7 @@ class SRULMLayer(GradientCheckpointingLayer):
             )
         if cache is not None:
             cache.update_state(c, L)
-        return h
+        return h.transpose(0, 1)  # (B, L, d)
 
 
 def causal_to_bidirectional_state_dict(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -229,7 +268,14 @@ class SRULMPreTrainedModel(PreTrainedModel):
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
     _no_split_modules = ["SRULMLayer"]
+    # Attention goes through config._attn_implementation: eager (returns weights), sdpa and flex_attention are
+    # tested (tests/models/test_attention.py); flash attention would need the 2D padding mask path, not written.
     _supports_sdpa = True
+    _supports_flex_attn = True
+    _supports_flash_attn = False
+    # output_hidden_states: each layer's input (B, L, d) and the final normed output, the tensors the layers pass
+    # on (so hidden_states[i].retain_grad() works); output_attentions: per attention layer, eager only
+    _can_record_outputs = {"hidden_states": SRULMLayer, "attentions": SRULMAttention}
     _is_stateful = True  # the SRU state cannot be rolled back: generate() refuses assisted decoding up front
 
     def __init__(self, config: SRULMConfig, *inputs, **kwargs) -> None:
@@ -344,6 +390,32 @@ class SRULMModel(SRULMPreTrainedModel):
             allowed = allowed | (k_pos == q_pos)  # a padded query sees itself: no empty softmax row
         return allowed, False
 
+    def _attention_mask_for(
+        self, allowed: torch.Tensor | None, is_causal: bool, B: int, L: int, like: torch.Tensor
+    ) -> tuple[torch.Tensor | None, bool]:
+        """SDPA's ``(boolean mask, is_causal)`` from :meth:`_attention_mask` in the form that
+        ``config._attn_implementation`` reads: ``"sdpa"`` takes them as they are; ``"flex_attention"`` a
+        ``BlockMask`` (its float score-mask path aborts on CPU in torch 2.13); eager and others a float mask added
+        to the scores (0 where allowed, the dtype's min elsewhere, (B, 1, L, S)). Only SDPA reads ``is_causal``,
+        so for the others causality is spelled out."""
+        implementation = self.config._attn_implementation
+        if implementation == "sdpa" or (allowed is None and not is_causal):
+            return allowed, is_causal
+        if allowed is None:  # causal over the new tokens only (no cache, no padding)
+            pos = torch.arange(L, device=like.device)
+            allowed = pos[None, :] <= pos[:, None]  # (L, L)
+        S = allowed.shape[-1]
+        allowed = allowed.expand(B, 1, L, S)
+        if implementation == "flex_attention":
+            from torch.nn.attention.flex_attention import create_block_mask
+
+            def mask_mod(b, h, q, k):
+                return allowed[b, 0, q, k]
+
+            return create_block_mask(mask_mod, B, None, L, S, device=like.device), False
+        float_mask = torch.zeros(allowed.shape, device=like.device, dtype=like.dtype)
+        return float_mask.masked_fill(~allowed, torch.finfo(like.dtype).min), False
+
     def _check_attention_mask(self, attention_mask: torch.Tensor, B: int, L: int, past: int) -> None:
         if not isinstance(attention_mask, torch.Tensor):
             raise TypeError(f"attention_mask must be a torch.Tensor, got {type(attention_mask).__name__}")
@@ -365,6 +437,7 @@ class SRULMModel(SRULMPreTrainedModel):
         self._check_attention_mask(attention_mask, B, L, past)
         return F.pad(attention_mask, (0, T - past - L))
 
+    @capture_outputs
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -373,10 +446,9 @@ class SRULMModel(SRULMPreTrainedModel):
         cache: SRULMCache | None = None,
         inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
         **kwargs,
-    ) -> BaseModelOutputWithPast | tuple:
+    ) -> BaseModelOutputWithPast:
+        # output_hidden_states, output_attentions and return_dict are handled by @capture_outputs
         if "past_key_values" in kwargs and cache is None:
             cache = kwargs.pop("past_key_values")
         if (input_ids is None) == (inputs_embeds is None):
@@ -391,10 +463,6 @@ class SRULMModel(SRULMPreTrainedModel):
                 f"got {_shape(inputs_embeds)}"
             )
         B, L, _ = inputs_embeds.shape
-        output_hidden_states = (
-            output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
-        )
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
         if use_cache is None:
             use_cache = self.config.use_cache and not self.training
         if self.gradient_checkpointing and self.training:
@@ -428,6 +496,7 @@ class SRULMModel(SRULMPreTrainedModel):
         rotary = None
         if self.has_attention:
             attn_mask, is_causal = self._attention_mask(attention_mask, L, past, inputs_embeds.device, kv_len)
+            attn_mask, is_causal = self._attention_mask_for(attn_mask, is_causal, B, L, inputs_embeds)
             if self.config.position_embedding_type == ROTARY:
                 if position_ids is None:
                     if attention_mask is not None:  # count real tokens only, so left padding shifts nothing
@@ -437,26 +506,15 @@ class SRULMModel(SRULMPreTrainedModel):
                 head_dim = self.config.projection_size // self.config.num_attention_heads
                 rotary = rotary_cos_sin(position_ids, head_dim, self.config.rope_theta, inputs_embeds.dtype)
 
-        h = self.embed_dropout(inputs_embeds).transpose(0, 1).contiguous()  # (L, B, d)
-        all_hidden = [] if output_hidden_states else None
+        h = self.embed_dropout(inputs_embeds)  # (B, L, d)
         for i, layer in enumerate(self.layers):
-            if all_hidden is not None:
-                all_hidden.append(h.transpose(0, 1))
             h = layer(
                 h, attn_mask=attn_mask, is_causal=is_causal, mask_pad=mask_pad, rotary=rotary,
                 cache=cache.layers[i] if cache is not None else None,
-            )
+            )  # (B, L, d): what output_hidden_states records
         if cache is not None:
             cache.advance(L)  # the one call per forward that moves the cache's position
-        h = self.norm(h).transpose(0, 1)  # (B, L, d)
-        if all_hidden is not None:
-            all_hidden.append(h)
-        out = BaseModelOutputWithPast(
-            last_hidden_state=h,
-            cache=cache if use_cache else None,
-            hidden_states=tuple(all_hidden) if all_hidden is not None else None,
-        )
-        return out if return_dict else out.to_tuple()
+        return BaseModelOutputWithPast(last_hidden_state=self.norm(h), cache=cache if use_cache else None)
 
 
 class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
@@ -535,13 +593,14 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
-        kwargs.pop("output_attentions", None)
         out = self.model(
-            input_ids, attention_mask, position_ids, cache, inputs_embeds, use_cache, output_hidden_states,
-            return_dict=True, past_key_values=kwargs.pop("past_key_values", None),
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
+            inputs_embeds=inputs_embeds, use_cache=use_cache, past_key_values=kwargs.pop("past_key_values", None),
+            **_capture_flags(output_hidden_states, output_attentions),
         )
         h = out.last_hidden_state
         if isinstance(logits_to_keep, int):
@@ -552,8 +611,17 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, vocab_size=self.config.vocab_size, **kwargs)
-        result = CausalLMOutputWithPast(loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states)
+        result = CausalLMOutputWithPast(
+            loss=loss, logits=logits, cache=out.cache, hidden_states=out.hidden_states, attentions=out.attentions
+        )
         return result if return_dict else result.to_tuple()
+
+
+def _capture_flags(output_hidden_states: bool | None, output_attentions: bool | None) -> dict[str, bool]:
+    """The output flags a head was given, passed on to :class:`SRULMModel`; unset ones stay unset, so the base
+    model's ``@capture_outputs`` falls back to the config."""
+    flags = {"output_hidden_states": output_hidden_states, "output_attentions": output_attentions}
+    return {k: v for k, v in flags.items() if v is not None}
 
 
 def _last_token_index(
@@ -600,12 +668,13 @@ class SRULMForSequenceClassification(SRULMPreTrainedModel):
         labels: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> SequenceClassifierOutputWithPast | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         out = self.model(
-            input_ids, attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
+            **_capture_flags(output_hidden_states, output_attentions),
         )
         h = out.last_hidden_state  # (B, L, d)
         B, L, _ = h.shape
@@ -623,7 +692,9 @@ class SRULMForSequenceClassification(SRULMPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
-        result = SequenceClassifierOutputWithPast(loss=loss, logits=logits, hidden_states=out.hidden_states)
+        result = SequenceClassifierOutputWithPast(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
         return result if return_dict else result.to_tuple()
 
 
@@ -655,12 +726,13 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
         end_positions: torch.LongTensor | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_attentions: bool | None = None,
         **kwargs,
     ) -> QuestionAnsweringModelOutput | tuple:
         return_dict = return_dict if return_dict is not None else self.config.return_dict
         out = self.model(
-            input_ids, attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
-            output_hidden_states=output_hidden_states, return_dict=True,
+            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
+            **_capture_flags(output_hidden_states, output_attentions),
         )
         logits = self.qa_outputs(out.last_hidden_state)  # (B, L, 2)
         if attention_mask is not None:
@@ -670,7 +742,8 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
         if start_positions is not None and end_positions is not None:
             loss = self.loss_function(start_logits, end_logits, start_positions, end_positions, **kwargs)
         result = QuestionAnsweringModelOutput(
-            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=out.hidden_states
+            loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )
         return result if return_dict else result.to_tuple()
 

@@ -122,7 +122,7 @@ def test_causal_checkpoint_loads_as_bidirectional_with_units_kept(tmp_path):
     assert bi.model.layers[0].weight_c.shape == (2, 2, 12)
     ids = torch.randint(1, VOCAB, (2, 9))
 
-    def layer_output(model, ids):  # (L, B, d): the SRU layer's own output, before the final norm
+    def layer_output(model, ids):  # (B, L, d): the SRU layer's own output, before the final norm
         seen = []
         hook = model.model.layers[0].register_forward_hook(lambda mod, args, out: seen.append(out))
         with torch.no_grad():
@@ -131,7 +131,7 @@ def test_causal_checkpoint_loads_as_bidirectional_with_units_kept(tmp_path):
         return seen[0]
 
     h_bi, h_fwd = layer_output(bi, ids), layer_output(causal, ids)
-    h_rev = layer_output(causal, ids.flip(1)).flip(0)
+    h_rev = layer_output(causal, ids.flip(1)).flip(1)
     torch.testing.assert_close(h_bi[..., :12], h_fwd[..., :12], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(h_bi[..., 12:], h_rev[..., 12:], atol=1e-5, rtol=1e-5)
     # everything outside the SRU layout is the causal checkpoint's own

@@ -90,7 +90,7 @@ def sru_step_ref(
     return h[0], c_new
 
 
-_ops: ModuleType | None = None  # sru_lm.ops once bound
+_ops: ModuleType | None = None  # sru_lm.ops.recurrence once bound: run_recurrence, run_step
 _ops_missing = False  # True once `import sru_lm.ops` failed: the spec runs
 
 
@@ -98,9 +98,9 @@ def _dispatcher() -> ModuleType | None:
     global _ops, _ops_missing
     if _ops is None and not _ops_missing:
         try:
-            import sru_lm.ops as ops
+            from sru_lm.ops import recurrence
 
-            _ops = ops
+            _ops = recurrence
         except ImportError as err:  # loaded as remote code where sru_lm is not installed
             _ops_missing = True
             logger.warning(
@@ -169,10 +169,10 @@ def sru_recurrence(
         (torch.Size([5, 2, 4]), torch.Size([2, 4]))
     """
     args = (U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional, scale_x)
-    ops = _ops or _dispatcher()
+    ops = _ops if _ops is not None else _dispatcher()
     if ops is None:
         return sru_recurrence_ref(*args)
-    return ops.recurrence.run_recurrence(args, backend)
+    return ops.run_recurrence(args, backend)
 
 
 def sru_step(
@@ -208,10 +208,10 @@ def sru_step(
         (torch.Size([2, 4]), torch.float32)
     """
     args = (U, x, v, b, c, mask_pad, dropout_mask, scale_x)
-    ops = _ops or _dispatcher()
+    ops = _ops if _ops is not None else _dispatcher()
     if ops is None:
         return sru_step_ref(*args)
-    return ops.recurrence.run_step(args, backend)
+    return ops.run_step(args, backend)
 
 
 __all__ = ["sru_recurrence", "sru_recurrence_ref", "sru_step", "sru_step_ref", "state_dtype"]

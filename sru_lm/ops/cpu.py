@@ -35,6 +35,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 import threading
 from pathlib import Path
 from types import ModuleType
@@ -92,6 +93,7 @@ def _load() -> ModuleType | None:
             try:
                 from torch.utils.cpp_extension import load
 
+                _ninja_on_path()
                 tag, isa = _isa_flags()
                 name, folder = f"sru_lm_cpu_{tag}", build_dir(tag)
                 if not os.path.exists(os.path.join(folder, f"{name}.so")):
@@ -111,6 +113,18 @@ def _load() -> ModuleType | None:
                 _error = f"{type(e).__name__}: {lines[0].split(': [')[0][:200]}" + (
                     f" ({compiler_error[:300]})" if compiler_error else "")
     return _ext
+
+
+def _ninja_on_path() -> None:
+    """torch runs ``ninja`` from PATH; the ninja wheel (a dependency) puts it in the environment's bin
+    folder, which is not on PATH when Python runs without the environment activated."""
+    if shutil.which("ninja") is None:
+        try:
+            import ninja
+
+            os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+        except ImportError:
+            pass
 
 
 @torch.compiler.assume_constant_result
@@ -252,12 +266,12 @@ def sru_recurrence_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask, bidire
 
 def sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, scale_x):
     """:func:`sru_lm.ops.sru_step` without gradients, in one C++ call."""
-    args = (U, x if U.shape[-1] == 3 * v.shape[-1] else None, v, b, c, mask_pad, dropout_mask, float(scale_x))
-    h, c_new = torch.ops.sru_lm.cpu_step(*args) if torch.compiler.is_compiling() else _ext.step(*args)
+    if torch.compiler.is_compiling():
+        return torch.ops.sru_lm.cpu_step(U, x, v, b, c, mask_pad, dropout_mask, scale_x)
+    h, c_new = _ext.step(U, x, v, b, c, mask_pad, dropout_mask, scale_x)  # x is not read when k == 4
     return h, c_new
 
 
 def sru_step_cpu_(U, x, v, b, c, h_out, mask_pad, dropout_mask, scale_x) -> None:
     """The in-place step on the C++ kernel (see :func:`sru_lm.ops.sru_step_`)."""
-    _ext.step_(U, x if U.shape[-1] == 3 * v.shape[-1] else None, v, b, c, h_out, mask_pad, dropout_mask,
-               float(scale_x))
+    _ext.step_(U, x, v, b, c, h_out, mask_pad, dropout_mask, scale_x)

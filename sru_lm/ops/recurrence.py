@@ -40,7 +40,7 @@ def check_recurrence_inputs(U, x, v, b, initial_state, mask_pad, dropout_mask, b
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if U.dim() != 3:
         raise ValueError(f"U must have shape (L, B, D*k*H) (3 dims), got {_shape(U)}")
-    if U.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
+    if U.dtype not in _FLOATS:
         raise TypeError(f"U must be a floating tensor (fp16/bf16/fp32/fp64), got {U.dtype}")
     D = 2 if bidirectional else 1
     if v.dim() != 3 or v.shape[0] != D or v.shape[1] != 2:
@@ -70,25 +70,27 @@ def check_recurrence_inputs(U, x, v, b, initial_state, mask_pad, dropout_mask, b
 
 
 def check_step_inputs(U, x, v, b, c, mask_pad, dropout_mask) -> int:
-    """Validate the arguments of :func:`sru_step`; return k (3 or 4)."""
+    """Validate the arguments of :func:`sru_step`; return k (3 or 4). Runs once per token and layer in
+    decoding, so it reads each attribute once."""
     for name, t in (("U", U), ("v", v), ("b", b), ("c", c)):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if U.dim() != 2:
+    U_shape, c_shape = U.shape, c.shape
+    if len(U_shape) != 2:
         raise ValueError(f"U must have shape (B, k*H) for one step, got {_shape(U)}")
-    if c.dim() != 2 or c.shape[0] != U.shape[0]:
-        raise ValueError(f"c must have shape (B, H) with B={U.shape[0]}, got {_shape(c)}")
-    B, H = c.shape
+    if len(c_shape) != 2 or c_shape[0] != U_shape[0]:
+        raise ValueError(f"c must have shape (B, H) with B={U_shape[0]}, got {_shape(c)}")
+    B, H = c_shape
     if v.shape != (1, 2, H) or b.shape != (1, 2, H):
         raise ValueError(f"v and b must have shape (1, 2, H)={(1, 2, H)}, got {_shape(v)} and {_shape(b)}")
-    if U.shape[1] not in (3 * H, 4 * H):
-        raise ValueError(f"U's last dim must be 3*H={3 * H} or 4*H={4 * H}, got {U.shape[1]}")
-    k = U.shape[1] // H
-    if k == 3 and (x is None or x.shape != (B, H)):
+    if U_shape[1] != 3 * H and U_shape[1] != 4 * H:
+        raise ValueError(f"U's last dim must be 3*H={3 * H} or 4*H={4 * H}, got {U_shape[1]}")
+    k = U_shape[1] // H
+    if k == 3 and (x is None or x.shape != c_shape):
         raise ValueError(f"x must have shape (B, H)={(B, H)} when k=3, got {_shape(x)}")
     if mask_pad is not None and mask_pad.shape != (B,):
         raise ValueError(f"mask_pad must have shape (B,)={(B,)} (True = padding), got {_shape(mask_pad)}")
-    if dropout_mask is not None and dropout_mask.shape != (B, H):
+    if dropout_mask is not None and dropout_mask.shape != c_shape:
         raise ValueError(f"dropout_mask must have shape (B, H)={(B, H)}, got {_shape(dropout_mask)}")
     _check_common(U, x if k == 3 else None, v, b, ("c", c), mask_pad, dropout_mask)
     return k
@@ -96,18 +98,24 @@ def check_step_inputs(U, x, v, b, c, mask_pad, dropout_mask) -> int:
 
 def _check_common(U, x, v, b, state: tuple[str, torch.Tensor | None], mask_pad, dropout_mask) -> None:
     """dtypes and devices, the same for sequences and steps; ``state`` is (its argument name, the tensor)."""
-    if U.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-        raise TypeError(f"U must be a floating tensor (fp16/bf16/fp32/fp64), got {U.dtype}")
-    devices = {t.device for t in (U, x, v, b, state[1], mask_pad, dropout_mask) if t is not None}
-    if len(devices) > 1:
-        raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
-    for n, t in (("x", x), state, ("dropout_mask", dropout_mask), ("v", v), ("b", b)):
-        if t is not None and not t.is_floating_point():
-            raise TypeError(f"{n} must be a floating tensor, got {t.dtype}")
-    if x is not None and x.dtype != U.dtype:
-        raise TypeError(f"x must have U's dtype {U.dtype}, got {x.dtype}")
-    if mask_pad is not None and mask_pad.dtype != torch.bool:
-        raise TypeError(f"mask_pad must be a bool tensor (True = padding), got {mask_pad.dtype}")
+    dtype, device = U.dtype, U.device
+    if dtype not in _FLOATS:
+        raise TypeError(f"U must be a floating tensor (fp16/bf16/fp32/fp64), got {dtype}")
+    for name, t in (("x", x), state, ("v", v), ("b", b), ("mask_pad", mask_pad), ("dropout_mask", dropout_mask)):
+        if t is None:
+            continue
+        if t.device != device:
+            raise ValueError(f"all tensors must be on one device: U is on {device}, {name} on {t.device}")
+        if name == "mask_pad":
+            if t.dtype != torch.bool:
+                raise TypeError(f"mask_pad must be a bool tensor (True = padding), got {t.dtype}")
+        elif t.dtype not in _FLOATS:
+            raise TypeError(f"{name} must be a floating tensor, got {t.dtype}")
+    if x is not None and x.dtype != dtype:
+        raise TypeError(f"x must have U's dtype {dtype}, got {x.dtype}")
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def select_backend(U: torch.Tensor, backend: str | None = None) -> str:
@@ -195,13 +203,14 @@ def run_recurrence(args: tuple, backend: str | None) -> tuple[torch.Tensor, torc
 
 def run_step(args: tuple, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sru_step` on ``args`` (its first eight arguments, in order)."""
-    check_step_inputs(*args[:7])
     U, x, v, b, c, mask_pad, dropout_mask, scale_x = args
+    check_step_inputs(U, x, v, b, c, mask_pad, dropout_mask)
     which = select_backend(U, backend)
     if which == "reference":
         return sru_step_ref(*args)
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5])
-    if which in _STEP_NO_GRAD and not needs_grad:
+    if which in _STEP_NO_GRAD and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5])
+    ):
         return _STEP_NO_GRAD[which](U, x, v, b, c, mask_pad, dropout_mask, float(scale_x))
     h, c_new = _RECURRENCE[which](  # a length-1 sequence, differentiable
         U[None], None if x is None else x[None], v, b, c, None if mask_pad is None else mask_pad[None],

@@ -172,13 +172,19 @@ def unique_variants(records: list[dict]) -> list[dict]:
 
 
 def _normalized(r: dict) -> dict:
-    # L and B are do_not_specialize: their values never reach the key; floats only by type
+    # What Triton 3.6 keys an int on: i32 or i64, and (unless do_not_specialize, as L and B are) == 1 or
+    # divisible by 16. Floats: only their type. Each value is replaced by one of its class.
     args = []
     for i, a in enumerate(r["args"]):
         if a[0] == "float":
             a = ["float", 1.0]
-        elif a[0] == "int" and _int_role(r["kernel"], i) in ("L", "B"):
-            a = ["int", 2]
+        elif a[0] == "int":
+            v, big = a[1], abs(a[1]) >= 2**31
+            if _int_role(r["kernel"], i) in ("L", "B"):
+                v = 2
+            elif v != 1:
+                v = 16 if v % 16 == 0 else 17
+            a = ["int", v + (2**32 if big else 0)]
         args.append(a)
     return {"kernel": r["kernel"], "args": args, "meta": r["meta"]}
 
@@ -202,14 +208,37 @@ def triton_key_parts() -> dict:
             "libtriton_sha256": hashlib.sha256(lib.read_bytes()).hexdigest()}
 
 
+@contextlib.contextmanager
+def keyed_as(libtriton: str | Path | None):
+    """Compute cache keys as a Triton whose ``libtriton.so`` is the given file (the device's wheel for
+    another Python: the same Python sources, another binary) would: ``triton_key()`` with that file's
+    hash in place of ours. Nothing else in the key depends on the Python version."""
+    if libtriton is None:
+        yield
+        return
+    import triton.runtime.cache as tc
+
+    ours = triton_key_parts()["libtriton_sha256"]
+    theirs = hashlib.sha256(Path(libtriton).read_bytes()).hexdigest()
+    key = tc.triton_key()
+    assert ours in key, "triton_key() no longer holds libtriton's hash: re-read triton/runtime/cache.py"
+    real, tc.triton_key = tc.triton_key, lambda: key.replace(ours, theirs)
+    try:
+        yield theirs
+    finally:
+        tc.triton_key = real
+
+
 def _base32(h: str) -> str:
     from triton.runtime.cache import _base32 as b32
 
     return b32(h)
 
 
-def compile_variants(variants: list[dict], cache_dir: str | Path, arch: int = 90, log=print) -> dict:
-    """Compile every variant for sm_<arch> into ``cache_dir``; write and return its manifest."""
+def compile_variants(variants: list[dict], cache_dir: str | Path, arch: int = 90, libtriton: str | None = None,
+                     log=print) -> dict:
+    """Compile every variant for sm_<arch> into ``cache_dir``; write and return its manifest. With
+    ``libtriton``, keys are those of a Triton built with that ``libtriton.so`` (see :func:`keyed_as`)."""
     import triton
 
     cache_dir = Path(cache_dir).resolve()
@@ -217,7 +246,7 @@ def compile_variants(variants: list[dict], cache_dir: str | Path, arch: int = 90
     triton.knobs.cache.dir = str(cache_dir)
     kernels = load_kernels()
     entries = []
-    with offline_target(arch):
+    with offline_target(arch), keyed_as(libtriton) as lib_hash:
         for v in variants:
             fn = getattr(kernels, v["kernel"])
             args = mock_args(v["args"])
@@ -231,9 +260,11 @@ def compile_variants(variants: list[dict], cache_dir: str | Path, arch: int = 90
             entries.append({**v, "hash": k.hash, "dir": d.name, "files": sorted(p.name for p in d.iterdir()),
                             "name": k.src.name, "compile_s": round(took, 2), "parts": parts})
             log(f"{v['kernel']} {_short_meta(v['meta'])}: {took:.1f} s, key {k.hash[:12]}")
-    manifest = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "arch": arch,
-                **triton_key_parts(), "kernels_sha256": hashlib.sha256(KERNELS_PY.read_bytes()).hexdigest(),
-                "variants": entries}
+        parts = triton_key_parts()
+    if lib_hash:
+        parts["libtriton_sha256"] = lib_hash
+    manifest = {"created": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "arch": arch, **parts,
+                "kernels_sha256": hashlib.sha256(KERNELS_PY.read_bytes()).hexdigest(), "variants": entries}
     (cache_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
 
@@ -242,9 +273,10 @@ def _short_meta(meta: dict) -> str:
     return " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in meta.items())
 
 
-def install(src_dir: str | Path, dst_dir: str | Path, log=print) -> dict:
+def install(src_dir: str | Path, dst_dir: str | Path, offline_arch: int | None = None, log=print) -> dict:
     """On the device: put each compiled variant of ``src_dir`` under the key this machine's Triton
-    computes, in ``dst_dir`` (its TRITON_CACHE_DIR), with group files holding this machine's paths."""
+    computes, in ``dst_dir`` (its TRITON_CACHE_DIR), with group files holding this machine's paths.
+    ``offline_arch``: compute the keys for that sm_<arch> with no GPU (to test the move here)."""
     import triton
 
     src_dir, dst_dir = Path(src_dir).resolve(), Path(dst_dir).resolve()
@@ -256,9 +288,12 @@ def install(src_dir: str | Path, dst_dir: str | Path, log=print) -> dict:
     same = moved = 0
     stale = hashlib.sha256(KERNELS_PY.read_bytes()).hexdigest() != manifest["kernels_sha256"]
     diffs: set[str] = set()
-    for v in manifest["variants"]:
-        fn = getattr(kernels, v["kernel"])
-        key, parts = runtime_key(fn, mock_args(v["args"]), v["meta"])
+    target = offline_target(offline_arch) if offline_arch else contextlib.nullcontext()
+    keys = []
+    with target:
+        for v in manifest["variants"]:
+            keys.append(runtime_key(getattr(kernels, v["kernel"]), mock_args(v["args"]), v["meta"]))
+    for v, (key, parts) in zip(manifest["variants"], keys, strict=True):
         if key == v["hash"]:
             same += 1
         else:
@@ -273,6 +308,7 @@ def install(src_dir: str | Path, dst_dir: str | Path, log=print) -> dict:
             group[name] = str(out / name)
         (out / f"__grp__{v['name']}.json").write_text(json.dumps({"child_paths": group}))
         moved += 1
+    shutil.copyfile(src_dir / "manifest.json", dst_dir / "manifest.json")
     if here["triton_key"] != manifest["triton_key"]:
         diffs.add("triton_key" + (" (libtriton.so differs)" if here["libtriton_sha256"] != manifest["libtriton_sha256"]
                                   else " (Triton's Python files differ)"))
@@ -282,6 +318,24 @@ def install(src_dir: str | Path, dst_dir: str | Path, log=print) -> dict:
         + (f"; differs in {sorted(diffs)}" if diffs else "")
         + ("; WARNING triton_kernels.py changed since the AOT build: expect compiles" if stale else ""))
     return report
+
+
+def bundle(src_dir: str | Path, out_dir: str | Path, keep: tuple[str, ...] = (".cubin", ".json")) -> int:
+    """Copy a compiled cache's binaries and metadata (all a cache hit reads, as in Triton's
+    ``TRITON_STORE_BINARY_ONLY`` mode) and its manifest into ``out_dir``, to travel; returns bytes."""
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
+    manifest = json.loads((src_dir / "manifest.json").read_text())
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    total = 0
+    for v in manifest["variants"]:
+        (out_dir / v["dir"]).mkdir(parents=True, exist_ok=True)
+        v["files"] = [f for f in v["files"] if f.endswith(keep) and not f.startswith("__grp__")]
+        for f in v["files"]:
+            shutil.copyfile(src_dir / v["dir"] / f, out_dir / v["dir"] / f)
+            total += (out_dir / v["dir"] / f).stat().st_size
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    return total
 
 
 class CompileWatch:
@@ -318,6 +372,24 @@ def watch():
         yield w
     finally:
         triton.knobs.compilation.listener = old
+
+
+def probe(cache_dir: str | Path, offline_arch: int | None = None) -> list[tuple[str, bool]]:
+    """Load every variant of a manifest through the JIT (``warmup``, no launch) from ``cache_dir``, the
+    cache :func:`install` filled: ``[(kernel, came from the cache)]``. Compiles what it misses."""
+    import triton
+
+    manifest = json.loads((Path(cache_dir) / "manifest.json").read_text())
+    triton.knobs.cache.dir = str(Path(cache_dir).resolve())
+    kernels = load_kernels()
+    target = offline_target(offline_arch) if offline_arch else contextlib.nullcontext()
+    out = []
+    with target, watch() as w:
+        for v in manifest["variants"]:
+            n = len(w.events)
+            getattr(kernels, v["kernel"]).warmup(*mock_args(v["args"]), grid=(1,), **v["meta"])
+            out.append((v["kernel"], all(e[1] for e in w.events[n:])))
+    return out
 
 
 def count_cubins(cache_dir: str | Path) -> int:
@@ -400,16 +472,26 @@ def main(argv=None) -> int:
     c.add_argument("variants")
     c.add_argument("--cache-dir", required=True)
     c.add_argument("--arch", type=int, default=90)
+    c.add_argument("--libtriton", help="key as a Triton with this libtriton.so (the device's Python's wheel)")
     i = sub.add_parser("install", help="on the device: re-key a compiled cache for this machine's Triton")
     i.add_argument("--cache-dir", required=True)
     i.add_argument("--to", required=True)
+    i.add_argument("--offline-arch", type=int, help="no GPU here: key for this sm_<arch> (a dry run)")
+    b = sub.add_parser("probe", help="load every variant of a manifest from a cache; say which were hits")
+    b.add_argument("--cache-dir", required=True)
+    b.add_argument("--offline-arch", type=int)
     s = sub.add_parser("static", help="registers, spills and SASS counts of every compiled variant (JSON)")
     s.add_argument("--cache-dir", required=True)
     a = p.parse_args(argv)
     if a.cmd == "compile":
-        compile_variants(json.loads(Path(a.variants).read_text()), a.cache_dir, a.arch)
+        compile_variants(json.loads(Path(a.variants).read_text()), a.cache_dir, a.arch, a.libtriton)
     elif a.cmd == "install":
-        install(a.cache_dir, a.to)
+        report = install(a.cache_dir, a.to, a.offline_arch)
+        return 0 if report["installed"] else 1
+    elif a.cmd == "probe":
+        hits = probe(a.cache_dir, a.offline_arch)
+        print(json.dumps({"variants": len(hits), "hits": sum(h for _, h in hits)}))
+        return 0 if all(h for _, h in hits) else 1
     else:
         print(json.dumps(static_report(a.cache_dir), indent=1))
     return 0

@@ -43,7 +43,7 @@ def why_unavailable() -> str:
     """Why the Triton kernels cannot run here ("" when they can)."""
     if _IMPORT_ERROR:
         return f"triton does not import ({_IMPORT_ERROR})"
-    if not (torch.cuda.is_available() or _interpreting()):
+    if not (torch.cuda.is_available() or _interpreting() or _recorder is not None):
         return "no CUDA device (TRITON_INTERPRET=1 runs the kernels on CPU tensors, slowly)"
     return ""
 

@@ -32,7 +32,7 @@ def _scan_fwd(ufb: Tensor, u0: Tensor, vf: Tensor, c0: Tensor, keep: Tensor | No
         c_new = torch.lerp(u0[s], c, f)  # U_x + f (c - U_x)
         c = c_new if keep is None else torch.where(keep[s], c_new, c)
         cs.append(c)
-    return torch.stack(cs) if len(cs) > 0 else c0.new_empty([0] + c0.shape)
+    return torch.stack(cs) if len(cs) > 0 else torch.empty_like(ufb)
 
 
 def _scan_bwd(a: Tensor, P: Tensor, Q: Tensor, g: Tensor) -> tuple[Tensor, Tensor]:
@@ -76,7 +76,9 @@ def _unpack(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x):
     k = U.shape[-1] // (D * H)
     acc = state_dtype(U.dtype)
     Uo = _scan_order(U.view(L, B, D, k, H).to(acc), D)  # (L, B, D, k, H)
-    xp = _scan_order(x.view(L, B, D, H).to(acc), D) * scale_x if k == 3 else Uo[:, :, :, 3]
+    xp = Uo[:, :, :, 3] if k == 4 else _scan_order(x.view(L, B, D, H).to(acc), D)
+    if k == 3 and scale_x != 1.0:
+        xp = xp * scale_x
     c0 = U.new_zeros(B, D, H, dtype=acc) if c0 is None else c0.to(acc).view(B, D, H)
     keep = None
     if mask_pad is not None:
@@ -85,15 +87,17 @@ def _unpack(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x):
     return Uo[:, :, :, 0], Uo[:, :, :, 1], Uo[:, :, :, 2], xp, v.to(acc), b.to(acc), c0, keep, m, k
 
 
-def _outputs(ur, xp, v, b, c0, c_all, keep, m):
-    """r and h for all steps from the states; returns (c_prev, r, h) in scan order."""
-    c_prev = torch.cat((c0[None], c_all[:-1]))  # (L, B, D, H): c_{t-1}
-    r = torch.sigmoid(torch.addcmul(ur + b[:, 1], v[:, 1], c_prev))
-    mr = r if m is None else r * m
-    h = torch.addcmul(xp, mr, c_all - xp)
-    if keep is not None:
-        h = torch.where(keep, h, 0.0)
-    return c_prev, r, h
+def _reset_gate(ur: Tensor, v: Tensor, b: Tensor, c_prev: Tensor) -> Tensor:
+    return torch.sigmoid(torch.addcmul(ur + b[:, 1], v[:, 1], c_prev))
+
+
+def _forward(u0, uf, ur, xp, v, b, c0, keep, m) -> tuple[Tensor, Tensor]:
+    """(h, c after every step), both (L, B, D, H) in scan order."""
+    scan = _script(_scan_fwd) if u0.shape[0] > 1 else _scan_fwd  # one step: nothing to compile
+    c_all = scan(uf + b[:, 0], u0, v[:, 0], c0, keep)
+    r = _reset_gate(ur, v, b, torch.cat((c0[None], c_all[:-1])))  # from c_{t-1}
+    h = torch.addcmul(xp, r if m is None else r * m, c_all - xp)
+    return (h if keep is None else torch.where(keep, h, 0.0)), c_all
 
 
 class ScriptedRecurrence(torch.autograd.Function):
@@ -103,8 +107,7 @@ class ScriptedRecurrence(torch.autograd.Function):
     def forward(ctx, U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x):
         u0, uf, ur, xp, va, ba, c0a, keep, m, k = _unpack(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional,
                                                         scale_x)
-        c_all = _script(_scan_fwd)(uf + ba[:, 0], u0, va[:, 0], c0a, keep)
-        _, _, h = _outputs(ur, xp, va, ba, c0a, c_all, keep, m)
+        h, c_all = _forward(u0, uf, ur, xp, va, ba, c0a, keep, m)
         ctx.save_for_backward(U, x, v, b, c0, mask_pad, dropout_mask, c_all)
         ctx.bidirectional, ctx.scale_x = bidirectional, scale_x
         return _finish(h, U), _last(c_all, c0a, U.shape[1])
@@ -112,32 +115,32 @@ class ScriptedRecurrence(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_h, grad_c_last):
         U, x, v, b, c0, mask_pad, dropout_mask, c_all = ctx.saved_tensors
-        bidirectional, scale_x = ctx.bidirectional, ctx.scale_x
-        u0, uf, ur, xp, va, ba, c0a, keep, m, k = _unpack(U, x, v, b, c0, mask_pad, dropout_mask, bidirectional,
+        scale_x = ctx.scale_x
+        u0, uf, ur, xp, va, ba, c0a, keep, m, k = _unpack(U, x, v, b, c0, mask_pad, dropout_mask, ctx.bidirectional,
                                                         scale_x)
         L, B, D, H = c_all.shape
-        c_prev, r, _ = _outputs(ur, xp, va, ba, c0a, c_all, keep, m)
+        c_prev = torch.cat((c0a[None], c_all[:-1]))  # c_{t-1}
         f = torch.sigmoid(torch.addcmul(uf + ba[:, 0], va[:, 0], c_prev))
+        r = _reset_gate(ur, va, ba, c_prev)
         gh = c_all.new_zeros(c_all.shape) if grad_h is None else _scan_order(grad_h.view(L, B, D, H).to(c_all.dtype), D)
+        if keep is not None:  # a padded step: f = 1 and no output, so the state's gradient passes through
+            f, gh = torch.where(keep, f, 1.0), torch.where(keep, gh, 0.0)
         mr = r if m is None else r * m
-        gm = gh if m is None else gh * m
-        A = (c_prev - u0) * f * (1 - f)  # dc_t / dz_f
-        gzr = gm * (c_all - xp) * r * (1 - r)  # dL / dz_r
-        a, P, Q = gh * mr, torch.addcmul(f, A, va[:, 0]), gzr * va[:, 1]
-        if keep is not None:  # a padded step passes the state's gradient through
-            a, P, Q = torch.where(keep, a, 0.0), torch.where(keep, P, 1.0), torch.where(keep, Q, 0.0)
+        A = (c_prev - u0) * torch.addcmul(f, f, f, value=-1)  # dc_t/dz_f = (c_{t-1} - U_x) f (1 - f)
+        gzr = (gh if m is None else gh * m) * (c_all - xp) * torch.addcmul(r, r, r, value=-1)  # dL/dz_r
+        # g_{t-1} = (g_t + gh mr) (f + A v_f) + gzr v_r
         g = c0a.new_zeros(c0a.shape) if grad_c_last is None else grad_c_last.to(c0a.dtype).view(c0a.shape)
-        gc, gc0 = _script(_scan_bwd)(a, P, Q, g)
+        scan = _script(_scan_bwd) if L > 1 else _scan_bwd
+        gc, gc0 = scan(gh * mr, torch.addcmul(f, A, va[:, 0]), gzr * va[:, 1], g)
         gzf = gc * A
-        gxp = gh - gh * mr
-        gu0 = gc * (1 - f)
-        if keep is not None:
-            gu0, gzf, gzr, gxp = (torch.where(keep, t, 0.0) for t in (gu0, gzf, gzr, gxp))
         dv = torch.stack(((gzf * c_prev).sum((0, 1)), (gzr * c_prev).sum((0, 1))), dim=1)  # (D, 2, H)
         db = torch.stack((gzf.sum((0, 1)), gzr.sum((0, 1))), dim=1)
-        gates = (gu0, gzf, gzr) if k == 3 else (gu0, gzf, gzr, gxp)
+        gxp = torch.addcmul(gh, gh, mr, value=-1)  # gh (1 - m r)
+        gates = (torch.addcmul(gc, gc, f, value=-1), gzf, gzr) + ((gxp,) if k == 4 else ())  # dU_x = gc (1 - f)
         gU = _scan_order(torch.stack(gates, dim=3), D).reshape(U.shape)
-        gx = _scan_order(gxp * scale_x, D).reshape(L, B, D * H) if k == 3 and x is not None else None
+        gx = None
+        if k == 3 and x is not None:
+            gx = _scan_order(gxp if scale_x == 1.0 else gxp * scale_x, D).reshape(L, B, D * H)
         grads = (gU, gx, dv, db, None if c0 is None else gc0.reshape(c0.shape))
         return (*grads_like(grads, (U, x, v, b, c0)), None, None, None, None)
 
@@ -159,6 +162,5 @@ def sru_recurrence_torch(U, x, v, b, initial_state, mask_pad, dropout_mask, bidi
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5]):
         return ScriptedRecurrence.apply(*args)
     u0, uf, ur, xp, va, ba, c0a, keep, m, k = _unpack(*args)
-    c_all = _script(_scan_fwd)(uf + ba[:, 0], u0, va[:, 0], c0a, keep)
-    _, _, h = _outputs(ur, xp, va, ba, c0a, c_all, keep, m)
+    h, c_all = _forward(u0, uf, ur, xp, va, ba, c0a, keep, m)
     return _finish(h, U), _last(c_all, c0a, U.shape[1])

@@ -2,7 +2,7 @@
 and one-token decode.
 
 The peers, the floors and how they are timed: ``sru_lm/bench/sru.py``. The official ``sru`` package (the
-``bench`` extra) is optional: without it its row and the "x sru" columns are left out.
+``bench`` extra) is optional: without it its row is left out and the "x sru" columns read "-".
 
     python scripts/bench_sru.py                                   # prints the table (~3 minutes)
     python scripts/bench_sru.py --out benchmarks/bench_sru.md     # and writes it, with the machine

@@ -19,8 +19,10 @@ not possible for a stack: layer l+1's U is a matmul of layer l's h.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
+import json
 import os
 
 import torch
@@ -176,6 +178,13 @@ def _save_every(cfg: KernelConfig) -> int:
 # ----------------------------------------------------------------------------------------------------
 
 _recorder: list | None = None
+if os.environ.get("SRU_LM_TRITON_RECORD"):  # record a whole process's launches (scripts/triton_aot.py, tests)
+    _recorder = []
+
+    @atexit.register
+    def _dump_records(path=os.environ["SRU_LM_TRITON_RECORD"]):
+        with open(path, "w") as f:
+            json.dump(_recorder, f)
 
 
 def _describe(a) -> list:

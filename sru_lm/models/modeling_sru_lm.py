@@ -29,8 +29,12 @@ state: a left-padded batch gives each row what the prompt alone gives.
 
 This file imports only torch, transformers and its sibling modules, so ``save_pretrained`` can copy it
 next to the weights for ``trust_remote_code=True`` loading without ``sru_lm`` (see ``sru_backend.py``).
-Internally activations are sequence-first (L, B, d), the recurrence's layout; inputs and outputs are
-batch-first as in transformers.
+Inside a layer activations are sequence-first (L, B, d), the recurrence's layout; between layers, and for
+inputs and outputs, they are batch-first as in transformers (each layer takes and returns a transposed view of
+one (L, B, d) buffer, so nothing is copied), and ``output_hidden_states`` records what the layers pass on.
+Attention goes through transformers' attention interface (``attn_implementation`` eager, sdpa, flex_attention).
+The forward has no data-dependent Python branch, so ``torch.compile(fullgraph=True)`` and ``torch.export`` trace
+it whole (tests/models/test_compile.py).
 """
 
 from __future__ import annotations
@@ -273,6 +277,7 @@ class SRULMPreTrainedModel(PreTrainedModel):
     _supports_sdpa = True
     _supports_flex_attn = True
     _supports_flash_attn = False
+    _can_compile_fullgraph = True  # tests/models/test_compile.py
     # output_hidden_states: each layer's input (B, L, d) and the final normed output, the tensors the layers pass
     # on (so hidden_states[i].retain_grad() works); output_attentions: per attention layer, eager only
     _can_record_outputs = {"hidden_states": SRULMLayer, "attentions": SRULMAttention}

@@ -459,8 +459,8 @@ def sass_counts(sass: str) -> dict:
     def count(rows, pat):
         return sum(1 for _, t in rows if re.search(pat, t))
 
-    return {"sass": len(ins), "loop": len(body), "loop_ldg": count(body, r"\bLDG"), "loop_stg": count(body, r"\bSTG"),
-            "loop_ldgsts": count(body, r"LDGSTS|LDGDEPBAR"), "loop_mufu": count(body, r"\bMUFU"),
+    return {"sass": len(ins), "loop": len(body), "loop_ldg": count(body, r"\bLDG\."), "loop_stg": count(body, r"\bSTG"),
+            "loop_ldgsts": count(body, r"\bLDGSTS\b"), "loop_mufu": count(body, r"\bMUFU"),
             "loop_sel": count(body, r"\b(F?SEL|FSETP|ISETP)\b"), "loop_lds": count(body, r"\bLDS"),
             "ldl_stl": count(ins, r"\b(LDL|STL)\b")}
 

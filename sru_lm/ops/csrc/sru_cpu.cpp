@@ -138,68 +138,96 @@ struct Columns {
 
   // Threads get whole columns; split only when each gets enough work to pay for waking it.
   int64_t grain(int64_t L) const { return std::max<int64_t>(1, 16384 / std::max<int64_t>(1, L * w)); }
+
+  // Runs body(cb, ce, state) on each thread's columns [cb, ce), with w carried values per column: read
+  // from init (B, D, H) (stride init_bd per (b, d); zeros when null) before, written to out (B, D, H) after.
+  template <typename acc_t, typename Body>
+  void scan(int64_t L, const acc_t* init, int64_t init_bd, acc_t* out, const Body& body) const {
+    at::parallel_for(0, count, grain(L), [&](int64_t cb, int64_t ce) {
+      std::vector<acc_t> state((ce - cb) * w, acc_t(0));
+      int64_t b, d, j0, n;
+      for (int64_t col = cb; col < ce && init; ++col) {
+        at(col, b, d, j0, n);
+        std::copy(init + (b * D + d) * init_bd + j0, init + (b * D + d) * init_bd + j0 + n,
+                  state.data() + (col - cb) * w);
+      }
+      body(cb, ce, state.data());
+      for (int64_t col = cb; col < ce; ++col) {
+        at(col, b, d, j0, n);
+        std::copy(state.data() + (col - cb) * w, state.data() + (col - cb) * w + n, out + (b * D + d) * H + j0);
+      }
+    });
+  }
+};
+
+// One column at one step (s counts steps in the column's direction): where its inputs are, and its gates.
+template <typename scalar_t>
+struct Cell {
+  using acc_t = acc_type<scalar_t>;
+  using raw_t = raw_type<scalar_t>;
+  using io = IO<scalar_t>;
+  int64_t b, d, j0, n, t, row;  // row: (t, b, d)
+  bool pad;
+  const raw_t* u;  // [U_x, U_f, U_r] at stride H
+  const raw_t* xq;
+  const acc_t *vf, *vr, *bf, *br, *m;
+  acc_t scale;
+  int64_t H;
+
+  Cell(const Problem<scalar_t>& p, const Columns& cols, int64_t col, int64_t s) : scale(p.scale), H(p.H) {
+    cols.at(col, b, d, j0, n);
+    t = d ? p.L - 1 - s : s;
+    row = (t * p.B + b) * p.D + d;
+    pad = p.pad && p.pad[t * p.B + b];
+    u = p.U + row * p.K * H + j0;
+    xq = p.hw + row * p.hw_row + j0;
+    vf = p.v + d * 2 * H + j0;
+    vr = vf + H;
+    bf = p.b + d * 2 * H + j0;
+    br = bf + H;
+    m = p.m + (b * p.D + d) * p.m_bd + j0;
+  }
+
+  // Unit j given the previous state cp: U_x, the gates f and r, the highway input x'.
+  inline __attribute__((always_inline)) void gates(int64_t j, acc_t cp, acc_t& u0, acc_t& f, acc_t& r,
+                                                   acc_t& xp) const {
+    u0 = io::load(u[j]);
+    f = sigmoid(io::load(u[H + j]) + vf[j] * cp + bf[j]);
+    r = sigmoid(io::load(u[2 * H + j]) + vr[j] * cp + br[j]);
+    xp = scale * io::load(xq[j]);
+  }
 };
 
 template <typename scalar_t, bool SAVE_C>
 void forward_kernel(const Problem<scalar_t>& p, raw_type<scalar_t>* h, acc_type<scalar_t>* c_last,
                     acc_type<scalar_t>* c_all) {
   using acc_t = acc_type<scalar_t>;
-  using raw_t = raw_type<scalar_t>;
   using io = IO<scalar_t>;
-  const int64_t L = p.L, B = p.B, D = p.D, K = p.K, H = p.H;
-  const Columns cols(B, D, H);
-  const int64_t w = cols.w;
-  at::parallel_for(0, cols.count, cols.grain(L), [&](int64_t cb, int64_t ce) {
-    std::vector<acc_t> state((ce - cb) * w);
-    for (int64_t col = cb; col < ce; ++col) {
-      int64_t bi, d, j0, n;
-      cols.at(col, bi, d, j0, n);
-      const acc_t* c0 = p.c0 + (bi * D + d) * p.c0_bd + j0;
-      std::copy(c0, c0 + n, state.data() + (col - cb) * w);
-    }
-    for (int64_t s = 0; s < L; ++s) {
+  const Columns cols(p.B, p.D, p.H);
+  cols.scan(p.L, p.c0, p.c0_bd, c_last, [&](int64_t cb, int64_t ce, acc_t* state) {
+    for (int64_t s = 0; s < p.L; ++s) {
       for (int64_t col = cb; col < ce; ++col) {
-        int64_t bi, d, j0, n;
-        cols.at(col, bi, d, j0, n);
-        const int64_t t = d ? L - 1 - s : s;
-        const int64_t row = (t * B + bi) * D + d;  // (t, b, d)
-        acc_t* __restrict__ c = state.data() + (col - cb) * w;
-        raw_t* __restrict__ hp = h + row * H + j0;
-        acc_t* __restrict__ cs = SAVE_C ? c_all + row * H + j0 : nullptr;
-        if (p.pad && p.pad[t * B + bi]) {  // padding: c carried, h zero
-          for (int64_t j = 0; j < n; ++j) {
+        const Cell<scalar_t> e(p, cols, col, s);
+        acc_t* __restrict__ c = state + (col - cb) * cols.w;
+        raw_type<scalar_t>* __restrict__ hp = h + e.row * p.H + e.j0;
+        acc_t* __restrict__ cs = SAVE_C ? c_all + e.row * p.H + e.j0 : nullptr;
+        if (e.pad) {  // padding: c carried, h zero
+          for (int64_t j = 0; j < e.n; ++j) {
             hp[j] = io::store(acc_t(0));
             if (SAVE_C) cs[j] = c[j];
           }
           continue;
         }
-        const raw_t* __restrict__ u = p.U + row * K * H + j0;
-        const raw_t* __restrict__ xq = p.hw + row * p.hw_row + j0;
-        const acc_t* __restrict__ vf = p.v + d * 2 * H + j0;
-        const acc_t* __restrict__ vr = vf + H;
-        const acc_t* __restrict__ bf = p.b + d * 2 * H + j0;
-        const acc_t* __restrict__ br = bf + H;
-        const acc_t* __restrict__ m = p.m + (bi * D + d) * p.m_bd + j0;
-        const acc_t scale = p.scale;
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          const acc_t cp = c[j];
-          const acc_t u0 = io::load(u[j]);
-          const acc_t f = sigmoid(io::load(u[H + j]) + vf[j] * cp + bf[j]);
-          const acc_t r = sigmoid(io::load(u[2 * H + j]) + vr[j] * cp + br[j]);
-          const acc_t cn = u0 + f * (cp - u0);
-          const acc_t xp = scale * io::load(xq[j]);
-          hp[j] = io::store(xp + m[j] * r * (cn - xp));
+        for (int64_t j = 0; j < e.n; ++j) {
+          acc_t u0, f, r, xp;
+          e.gates(j, c[j], u0, f, r, xp);
+          const acc_t cn = u0 + f * (c[j] - u0);
+          hp[j] = io::store(xp + e.m[j] * r * (cn - xp));
           c[j] = cn;
           if (SAVE_C) cs[j] = cn;
         }
       }
-    }
-    for (int64_t col = cb; col < ce; ++col) {
-      int64_t bi, d, j0, n;
-      cols.at(col, bi, d, j0, n);
-      std::copy(state.data() + (col - cb) * w, state.data() + (col - cb) * w + n,
-                c_last + (bi * D + d) * H + j0);
     }
   });
 }
@@ -217,79 +245,50 @@ void backward_kernel(const Problem<scalar_t>& p, const acc_type<scalar_t>* c_all
   using acc_t = acc_type<scalar_t>;
   using raw_t = raw_type<scalar_t>;
   using io = IO<scalar_t>;
-  const int64_t L = p.L, B = p.B, D = p.D, K = p.K, H = p.H;
+  const int64_t B = p.B, D = p.D, K = p.K, H = p.H;
   const Columns cols(B, D, H);
-  const int64_t w = cols.w;
-  at::parallel_for(0, cols.count, cols.grain(L), [&](int64_t cb, int64_t ce) {
-    std::vector<acc_t> state((ce - cb) * w, acc_t(0));
-    if (grad_c_last) {
+  cols.scan(p.L, grad_c_last, H, gc0, [&](int64_t cb, int64_t ce, acc_t* state) {
+    for (int64_t s = p.L - 1; s >= 0; --s) {
       for (int64_t col = cb; col < ce; ++col) {
-        int64_t bi, d, j0, n;
-        cols.at(col, bi, d, j0, n);
-        const acc_t* g = grad_c_last + (bi * D + d) * H + j0;
-        std::copy(g, g + n, state.data() + (col - cb) * w);
-      }
-    }
-    for (int64_t s = L - 1; s >= 0; --s) {
-      for (int64_t col = cb; col < ce; ++col) {
-        int64_t bi, d, j0, n;
-        cols.at(col, bi, d, j0, n);
-        const int64_t t = d ? L - 1 - s : s;
-        const int64_t row = (t * B + bi) * D + d;
-        acc_t* __restrict__ g = state.data() + (col - cb) * w;
-        raw_t* __restrict__ gu = gU + row * K * H + j0;
-        raw_t* __restrict__ gx = ghw + row * ghw_row + j0;
-        if (p.pad && p.pad[t * B + bi]) {
+        const Cell<scalar_t> e(p, cols, col, s);
+        acc_t* __restrict__ g = state + (col - cb) * cols.w;
+        raw_t* __restrict__ gu = gU + e.row * K * H + e.j0;
+        raw_t* __restrict__ gx = ghw + e.row * ghw_row + e.j0;
+        if (e.pad) {
           for (int64_t q = 0; q < K; ++q)
-            for (int64_t j = 0; j < n; ++j) gu[q * H + j] = io::store(acc_t(0));
+            for (int64_t j = 0; j < e.n; ++j) gu[q * H + j] = io::store(acc_t(0));
           if (ghw_row == H)  // K == 3: x's gradient lives in its own tensor
-            for (int64_t j = 0; j < n; ++j) gx[j] = io::store(acc_t(0));
+            for (int64_t j = 0; j < e.n; ++j) gx[j] = io::store(acc_t(0));
           continue;
         }
-        const int64_t tp = d ? t + 1 : t - 1;  // the step before t in this direction's order
-        const acc_t* __restrict__ cprev =
-            s == 0 ? p.c0 + (bi * D + d) * p.c0_bd + j0 : c_all + ((tp * B + bi) * D + d) * H + j0;
-        const acc_t* __restrict__ cc = c_all + row * H + j0;
-        const raw_t* __restrict__ u = p.U + row * K * H + j0;
-        const raw_t* __restrict__ xq = p.hw + row * p.hw_row + j0;
-        const raw_t* __restrict__ gh = grad_h + row * H + j0;
-        const acc_t* __restrict__ vf = p.v + d * 2 * H + j0;
-        const acc_t* __restrict__ vr = vf + H;
-        const acc_t* __restrict__ bf = p.b + d * 2 * H + j0;
-        const acc_t* __restrict__ br = bf + H;
-        const acc_t* __restrict__ m = p.m + (bi * D + d) * p.m_bd + j0;
-        acc_t* __restrict__ acc = gvb + (bi * D + d) * 4 * H + j0;  // [dv_f, dv_r, db_f, db_r]
-        const acc_t scale = p.scale;
+        const int64_t tp = e.d ? e.t + 1 : e.t - 1;  // the step before t in this direction's order
+        const acc_t* __restrict__ cprev = s == 0 ? p.c0 + (e.b * D + e.d) * p.c0_bd + e.j0
+                                                 : c_all + ((tp * B + e.b) * D + e.d) * H + e.j0;
+        const acc_t* __restrict__ cc = c_all + e.row * H + e.j0;
+        const raw_t* __restrict__ gh = grad_h + e.row * H + e.j0;
+        acc_t* __restrict__ acc = gvb + (e.b * D + e.d) * 4 * H + e.j0;  // [dv_f, dv_r, db_f, db_r]
 #pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
+        for (int64_t j = 0; j < e.n; ++j) {
           const acc_t cp = cprev[j];
-          const acc_t u0 = io::load(u[j]);
-          const acc_t f = sigmoid(io::load(u[H + j]) + vf[j] * cp + bf[j]);
-          const acc_t r = sigmoid(io::load(u[2 * H + j]) + vr[j] * cp + br[j]);
-          const acc_t xp = scale * io::load(xq[j]);
+          acc_t u0, f, r, xp;
+          e.gates(j, cp, u0, f, r, xp);
           const acc_t ghj = io::load(gh[j]);
-          const acc_t mr = m[j] * r;
+          const acc_t mr = e.m[j] * r;
           const acc_t gc = g[j] + ghj * mr;
-          const acc_t gr = ghj * m[j] * (cc[j] - xp);
+          const acc_t gr = ghj * e.m[j] * (cc[j] - xp);
           const acc_t gzf = gc * (cp - u0) * f * (acc_t(1) - f);
           const acc_t gzr = gr * r * (acc_t(1) - r);
           gu[j] = io::store(gc * (acc_t(1) - f));
           gu[H + j] = io::store(gzf);
           gu[2 * H + j] = io::store(gzr);
-          gx[j] = io::store(scale * ghj * (acc_t(1) - mr));
+          gx[j] = io::store(e.scale * ghj * (acc_t(1) - mr));
           acc[j] += gzf * cp;
           acc[H + j] += gzr * cp;
           acc[2 * H + j] += gzf;
           acc[3 * H + j] += gzr;
-          g[j] = gc * f + gzf * vf[j] + gzr * vr[j];
+          g[j] = gc * f + gzf * e.vf[j] + gzr * e.vr[j];
         }
       }
-    }
-    for (int64_t col = cb; col < ce; ++col) {
-      int64_t bi, d, j0, n;
-      cols.at(col, bi, d, j0, n);
-      std::copy(state.data() + (col - cb) * w, state.data() + (col - cb) * w + n,
-                gc0 + (bi * D + d) * H + j0);
     }
   });
 }
@@ -335,23 +334,15 @@ Problem<scalar_t> make_problem(const at::Tensor& U, const c10::optional<at::Tens
   p.b = b.data_ptr<acc_t>();
   ones.assign(H, acc_t(1));
   zeros.assign(H, acc_t(0));
-  if (c0.has_value()) {
-    check(c0->is_contiguous() && c0->scalar_type() == v.scalar_type(), "c0 must be contiguous, in the state dtype");
-    p.c0 = c0->data_ptr<acc_t>();
-    p.c0_bd = H;
-  } else {
-    p.c0 = zeros.data();
-    p.c0_bd = 0;
-  }
-  if (dropout_mask.has_value()) {
-    check(dropout_mask->is_contiguous() && dropout_mask->scalar_type() == v.scalar_type(),
-          "dropout_mask must be contiguous, in the state dtype");
-    p.m = dropout_mask->data_ptr<acc_t>();
-    p.m_bd = H;
-  } else {
-    p.m = ones.data();
-    p.m_bd = 0;
-  }
+  // An optional (B, D, H) input: its data with stride H per (b, d), else the fallback row with stride 0.
+  const auto per_row = [&](const c10::optional<at::Tensor>& t, const std::vector<acc_t>& fallback, const char* what,
+                           const acc_t*& ptr, int64_t& bd) {
+    check(!t.has_value() || (t->is_contiguous() && t->scalar_type() == v.scalar_type()), what);
+    ptr = t.has_value() ? t->data_ptr<acc_t>() : fallback.data();
+    bd = t.has_value() ? H : 0;
+  };
+  per_row(c0, zeros, "c0 must be contiguous, in the state dtype", p.c0, p.c0_bd);
+  per_row(dropout_mask, ones, "dropout_mask must be contiguous, in the state dtype", p.m, p.m_bd);
   if (mask_pad.has_value()) {
     check(mask_pad->is_contiguous() && mask_pad->scalar_type() == at::kBool, "mask_pad must be contiguous bool");
     p.pad = mask_pad->data_ptr<bool>();

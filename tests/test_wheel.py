@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import sys
 import sysconfig
+import tarfile
 import textwrap
 import zipfile
 from pathlib import Path
@@ -68,14 +69,28 @@ CHECK = textwrap.dedent(
 )
 
 
+def copy_sources(dest: Path) -> Path:
+    """What an sdist is built from, copied (building in the checkout would leave build/ and egg-info there)."""
+    shutil.copytree(ROOT / "sru_lm", dest / "sru_lm", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, dest / name)
+    return dest
+
+
+def test_sdist_carries_the_kernel_source(tmp_path):
+    src = copy_sources(tmp_path / "src")
+    subprocess.run([sys.executable, "-c", "from setuptools import build_meta; build_meta.build_sdist('dist')"],
+                   cwd=src, check=True, capture_output=True)
+    sdist, = (src / "dist").glob("sru_lm-*.tar.gz")
+    with tarfile.open(sdist) as tar:
+        assert any(name.endswith("sru_lm/ops/csrc/sru_cpu.cpp") for name in tar.getnames())
+
+
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory) -> tuple[Path, Path]:
     """(the fresh environment's python, its root): the wheel built from a copy of the sources, installed."""
     tmp = tmp_path_factory.mktemp("wheel")
-    src = tmp / "src"
-    shutil.copytree(ROOT / "sru_lm", src / "sru_lm", ignore=shutil.ignore_patterns("__pycache__", "*.so"))
-    for name in ("pyproject.toml", "README.md"):
-        shutil.copy(ROOT / name, src / name)
+    src = copy_sources(tmp / "src")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
                     str(tmp / "dist"), str(src)], check=True, cwd=tmp)
     wheel, = (tmp / "dist").glob("sru_lm-*.whl")

@@ -317,7 +317,7 @@ def cfg_str(cfg: tb.KernelConfig | None) -> str:
 
 def defaults_table(choice: dict[str, tb.KernelConfig]) -> str:
     """The :data:`sru_lm.ops.triton_backend.DEFAULTS` entries to paste, one per measured size class."""
-    lines = ["DEFAULTS_MEASURED = True", "DEFAULTS: dict[str, KernelConfig] = {"]
+    lines = [f"DEFAULTS_MEASURED = {bool(choice)}", "DEFAULTS: dict[str, KernelConfig] = {"]
     for name, _ in tb.SIZE_CLASSES:
         cfg = choice.get(name, tb.DEFAULTS[name])
         fields = ", ".join(f"{f.name}={getattr(cfg, f.name)!r}" for f in dataclasses.fields(cfg)
@@ -327,7 +327,7 @@ def defaults_table(choice: dict[str, tb.KernelConfig]) -> str:
     return "\n".join(lines + ["}"])
 
 
-def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: float) -> str:
+def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: float, decode_d: int = DECODE[0]) -> str:
     """Markdown: machine, date, command, the timing table, the goals' ratios, the sweep and the defaults."""
     cols = list(results)
     out = [f"# SRU recurrence on the GPU ({now()})", "", f"- machine: {machine_description()}",
@@ -359,7 +359,7 @@ def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: flo
         out.append(f"- L={k[0][0]} B={k[0][1]} d={k[0][2]} {k[1]}: " + ("; ".join(parts) or "-"))
     if decode:
         batches = sorted({B for _, B in decode})
-        out += ["", f"Decode, one token, d={DECODE[0]}, bf16 (ms):", "",
+        out += ["", f"Decode, one token, d={decode_d}, bf16 (ms):", "",
                 "| what | " + " | ".join(f"B={B}" for B in batches) + " |", "|" + "---|" * (len(batches) + 1)]
         for name in dict.fromkeys(n for n, _ in decode):
             out.append(f"| {name} | " + " | ".join(fmt(decode.get((name, B))) for B in batches) + " |")
@@ -399,9 +399,8 @@ def run(sizes=SIZES, dtypes=DTYPES, device=None, do_sweep=True, decode=True, log
             results[((L, B, d), dt)] = time_size(L, B, d, dtype, device)
             log(f"timed L={L} B={B} d={d} {dt} ({time.time() - t0:.0f} s)")
     dec = {}
-    if decode:
-        d, batches = DECODE if device.type == "cuda" else (sizes[0][2], (1, 2))
-        for B in batches:
-            dec.update({(name, B): ms for name, ms in time_decode(d, B, device, 2 if device.type != "cuda" else
-                                                                   STACK_LAYERS).items()})
-    return report(results, checks, sweeps, dec, time.time() - t0), ok
+    d, batches = DECODE if device.type == "cuda" else (sizes[0][2], (1, 2))
+    for B in batches if decode else ():
+        layers = STACK_LAYERS if device.type == "cuda" else 2
+        dec.update({(name, B): ms for name, ms in time_decode(d, B, device, layers).items()})
+    return report(results, checks, sweeps, dec, time.time() - t0, d), ok

@@ -32,6 +32,7 @@ LM_MIN=${LM_MIN:-0.25}
 T0=$(date +%s)
 elapsed() { echo $(( $(date +%s) - T0 )); }
 log() { echo "[device_checks +$(elapsed)s] $*"; }
+note() { log "$*"; echo "[+$(elapsed)s] $*" >> "$LOGS/summary.txt"; }  # repeated at the end of the output
 # a stage's limit: its own cap, or what is left before DEADLINE, whichever is smaller
 limit() { local left=$(( DEADLINE - $(elapsed) )); echo $(( $1 < left ? $1 : (left > 5 ? left : 5) )); }
 
@@ -52,9 +53,9 @@ import torch, triton, transformers
 print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__,
       'cuda', torch.cuda.is_available())" 2>&1 | tail -3
 if [ -f .gpu/triton_cache/manifest.json ]; then
-    python3 sru_lm/ops/triton_aot.py install --cache-dir .gpu/triton_cache --to "$TRITON_CACHE_DIR" 2>&1 | tail -3
+    note "$(python3 sru_lm/ops/triton_aot.py install --cache-dir .gpu/triton_cache --to "$TRITON_CACHE_DIR" 2>&1 | tail -1)"
 else
-    log "no .gpu/triton_cache (scripts/triton_aot.py): every kernel compiles on first use"
+    note "no .gpu/triton_cache (scripts/triton_aot.py): every kernel compiles on first use"
 fi
 cubins() { find "$TRITON_CACHE_DIR" -name '*.cubin' 2>/dev/null | wc -l; }
 compiled_since() { echo "$(( $(cubins) - $1 )) Triton kernels compiled during this stage (0 = all from the AOT cache)"; }
@@ -81,19 +82,19 @@ for stage in "${stages[@]}"; do
         log "stage tests: Triton kernels and the model family on CUDA"
         timeout "$(limit 80)" python3 -m pytest tests/ops/test_triton.py tests/models/test_cuda.py -q -p no:cacheprovider \
             > "$LOGS/pytest_cuda.log" 2>&1
-        echo "pytest exit $?"; tail -15 "$LOGS/pytest_cuda.log"
+        note "tests: pytest exit $? ($(tail -1 "$LOGS/pytest_cuda.log"))"; tail -15 "$LOGS/pytest_cuda.log"
         ;;
     kernel)
         log "stage kernel: bench_gpu (checks, sweep, timings, decode)"
         timeout "$(limit 100)" python3 scripts/bench_gpu.py --out "$OUT/bench_gpu_h200.md" > "$LOGS/bench_gpu.log" 2>&1
-        echo "bench_gpu exit $?"; grep -E "^(check|timed|\| (floor|ours|our layer|cuDNN))|^- L=|COMPILED|kernels loaded" \
+        note "kernel: bench_gpu exit $?"; grep -E "^(check|timed|\| (floor|ours|our layer|cuDNN))|^- L=|COMPILED|kernels loaded" \
             "$LOGS/bench_gpu.log" | tail -40
         ;;
     model)
         log "stage model: bench_gpu_model (~125M SRU++ vs GPT-2: training tokens/s, generate)"
         timeout "$(limit 150)" python3 scripts/bench_gpu_model.py --repeats 2 --out "$OUT/bench_gpu_model_h200.md" \
             > "$LOGS/bench_gpu_model.log" 2>&1
-        echo "bench_gpu_model exit $?"; grep -E "^\||kernels loaded|COMPILED|Error" "$LOGS/bench_gpu_model.log" | tail -25
+        note "model: bench_gpu_model exit $?"; grep -E "^\||kernels loaded|COMPILED|Error" "$LOGS/bench_gpu_model.log" | tail -25
         ;;
     smoke)
         log "stage smoke: model family on CUDA, our kernel at the large size"
@@ -115,7 +116,7 @@ for stage in "${stages[@]}"; do
             --models sru lstm --minutes "$QA_MIN" "$LSTM_MIN" --batch-size "$QA_BATCH" \
             --lr 4e-3 --dropout 0.15 --threads 0 --clock wall --eval-every-minutes 0.25 --curve-questions 1000 \
             --output-dir /tmp/qa --results "$OUT/squad_h200.md" --tag h200 ${QA_ARGS:-} > "$LOGS/qa.log" 2>&1
-        echo "train_qa exit $?"; tr '\r' '\n' < "$LOGS/qa.log" | grep -E "^(data|==|\[eval\]|results)|Error|error" | tail -30
+        note "qa: train_qa exit $?"; tr '\r' '\n' < "$LOGS/qa.log" | grep -E "^(data|==|\[eval\]|results)|Error|error" | tail -30
         ;;
     lm)
         log "stage lm: warm-up, then compare_lm ${LM_MIN} min per model"
@@ -125,12 +126,14 @@ for stage in "${stages[@]}"; do
         timeout "$(limit 200)" python3 scripts/compare_lm.py --minutes "$LM_MIN" --threads 0 --clock wall \
             --eval-every-minutes 0.1 --cache-dir .gpu/lm_cache --work-dir /tmp/compare_lm \
             --out /tmp/compare_lm_h200 ${LM_ARGS:-} > "$LOGS/compare_lm.log" 2>&1
-        echo "compare_lm exit $?"; tr '\r' '\n' < "$LOGS/compare_lm.log" | grep -E "^(==|\[eval\]|\|)|Error|error" | tail -30
+        note "lm: compare_lm exit $?"; tr '\r' '\n' < "$LOGS/compare_lm.log" | grep -E "^(==|\[eval\]|\|)|Error|error" | tail -30
         cp /tmp/compare_lm_h200.md "$OUT/compare_lm_h200.md" 2>/dev/null; cp /tmp/compare_lm_h200.json "$LOGS/" 2>/dev/null
         ;;
     *) log "unknown stage $stage (all, tests, kernel, model, smoke, qa, lm)" ;;
     esac
-    log "$stage: $(compiled_since "$n0")"
+    note "$stage: $(compiled_since "$n0")"
 done
 tar -czf "$OUT/logs.tar.gz" -C /tmp device_logs 2>/dev/null
+echo "==== summary"; cat "$LOGS/summary.txt"
 log "done; files in $OUT: $(ls "$OUT" | tr '\n' ' ')"
+sleep 1  # let tee write the last lines into $OUT/device_checks.log

@@ -37,10 +37,15 @@ tensor, so a compiled decode step never specialises on it. That cache is ``is_co
 cache_implementation="static")`` or a ``compile_config`` builds it and runs the decode step under
 ``torch.compile``.
 
+**Rollback.** An SRU state cannot be un-absorbed, so it is kept instead: after
+:meth:`~SRULMCache.activate_past_recording` (assisted/speculative decoding and prompt lookup call it) every
+forward hands ``update_state`` the state after each of its positions (the model runs those as decode steps),
+and ``crop(-n)`` puts keys/values and every layer's state back ``n`` positions exactly, to any position since
+the previous crop. ``is_croppable`` is true exactly while recording. The states are (B, D*H) per position and
+layer, dropped at each crop.
+
 ``generate()`` in transformers 5.24 also uses: ``reorder_cache`` (beam search, in place for a static cache),
-``batch_repeat_interleave``/``batch_select_indices`` (contrastive/assisted decoding), ``crop`` (assisted
-decoding and deferred stopping, which need ``is_croppable``). An SRU state cannot be rolled back after it
-absorbed a token, so ``crop`` only accepts 0 and ``is_croppable`` is False: generate then never needs it.
+``batch_repeat_interleave``/``batch_select_indices`` (contrastive/assisted decoding).
 """
 
 from __future__ import annotations
@@ -56,6 +61,15 @@ from transformers.cache_utils import (
 from .configuration_sru_lm import ATTENTION_LAYER
 
 _CHUNK = 64  # dynamic key/value buffers grow to the needed length plus max(_CHUNK, 1/8), rounded up to _CHUNK
+
+
+def _tokens_to_remove(tokens_to_remove: int) -> int:
+    if isinstance(tokens_to_remove, bool) or not isinstance(tokens_to_remove, int) or tokens_to_remove > 0:
+        raise ValueError(
+            f"crop takes minus the number of tokens to remove (an int <= 0, as transformers' caches), got "
+            f"{tokens_to_remove!r}"
+        )
+    return -tokens_to_remove
 
 
 def _mark_static(t: torch.Tensor) -> torch.Tensor:
@@ -90,6 +104,8 @@ class SRULMLayerCache:
         self._seen = 0  # dynamic caches: tokens absorbed (a static cache uses the shared tensor _pos instead)
         self._pos: torch.Tensor | None = None
         self._pending_state: int | None = None  # tokens stored by update_state since the last advance
+        self._pending_record: tuple[torch.Tensor, torch.Tensor] | None = None  # (state before, states after each)
+        self._history: list[torch.Tensor] = []  # while recording: the states at positions T - len + 1 .. T
         self._owns_c = True  # False while c is a caller's tensor (from_states): never written in place
 
     # -- the SRU state ---------------------------------------------------------------------------------
@@ -112,9 +128,11 @@ class SRULMLayerCache:
         self.device, self.dtype = c.device, c.dtype
         self._owns_c = owned
 
-    def update_state(self, c: torch.Tensor, num_tokens: int) -> torch.Tensor:
+    def update_state(self, c: torch.Tensor, num_tokens: int, states: torch.Tensor | None = None) -> torch.Tensor:
         """Store the SRU state after this forward's ``num_tokens`` tokens; does not move the position.
 
+        While the cache records (:meth:`activate_past_recording`), ``states`` (num_tokens, B, D*H) are the states
+        after each position (optional for one token: ``c`` itself), kept until :meth:`SRULMCache.crop`.
         A static cache copies into its one buffer; a dynamic one copies in place when it can (same shape, no
         autograd on either side, a tensor it owns) and otherwise keeps ``c`` itself."""
         if self._pending_state is not None:
@@ -123,9 +141,22 @@ class SRULMLayerCache:
                 f"{num_tokens} tokens); the model must call cache.advance(num_tokens) once after all layers"
             )
         old = self.c
-        if self.is_static:
+        if self.record_past:
+            if states is None and num_tokens == 1:
+                states = c[None]
+            if states is None or states.shape != (num_tokens, *c.shape):
+                got = None if states is None else tuple(states.shape)
+                raise ValueError(
+                    f"layer {self.layer_idx}: a recording cache needs the state after each of the {num_tokens} "
+                    f"positions, states of shape {(num_tokens, *c.shape)}, got {got}"
+                )
+            before = torch.zeros_like(c) if old is None else old.clone()
+            self._pending_record = (before.detach(), states.detach().clone())
+        if c is old:
+            pass  # updated in place already (an in-place step op)
+        elif self.is_static:
             if old is None or old.shape != c.shape:
-                self._set_c(_mark_static(torch.zeros(c.shape, dtype=torch.float32, device=c.device)), True)
+                self._set_c(_mark_static(torch.zeros(c.shape, dtype=c.dtype, device=c.device)), True)
             self.c.copy_(c)
         elif old is None or not self._owns_c or old.shape != c.shape or old.requires_grad or c.requires_grad:
             self._set_c(c, True)
@@ -151,6 +182,48 @@ class SRULMLayerCache:
         self.has_previous_state[0] = True
         if not self.is_static:
             self._seen += num_tokens
+        if self.record_past and self._pending_record is not None:
+            before, states = self._pending_record
+            if not self._history:
+                self._history = [before]
+            self._history.extend(states.unbind(0))  # the last entry is always the current state
+        else:
+            self._history = []
+        self._pending_record = None
+
+    # -- rollback (assisted decoding) ------------------------------------------------------------------
+    def activate_past_recording(self) -> None:
+        """Keep the state after every position from now until :meth:`SRULMCache.crop`, so that crop can roll
+        back (assisted/speculative decoding calls this). ``record_past = False`` stops it."""
+        self.record_past = True
+
+    def _crop_error(self, n: int) -> str | None:
+        if n == 0:
+            return None
+        if not self.record_past:
+            return (
+                f"SRULMCache cannot remove tokens (asked to crop {-n}): the SRU state c has already absorbed them; "
+                "call activate_past_recording() before the forwards to be rolled back"
+            )
+        if n > len(self._history) - 1:
+            return (
+                f"layer {self.layer_idx}: cannot remove {n} tokens, the states of only the last "
+                f"{max(len(self._history) - 1, 0)} positions were recorded since the last crop"
+            )
+        return None
+
+    def _crop(self, n: int) -> None:
+        """Put the SRU state back to ``n`` positions ago and forget the recorded states (the position itself is
+        moved by the caller for a static cache)."""
+        if n:
+            state = self._history[-1 - n]
+            if self.is_static or self._owns_c:
+                self.c.copy_(state)
+            else:
+                self._set_c(state.clone(), True)
+            if not self.is_static:
+                self._seen -= n
+        self._history = []
 
     def get_seq_length(self) -> int:
         """Tokens absorbed. For a static cache this reads the position tensor (a device sync): the model's
@@ -173,6 +246,7 @@ class SRULMLayerCache:
         self._set_c(t, True)
 
     def _apply(self, fn, in_place: bool) -> None:
+        self._history = [fn(t) for t in self._history]
         for name, t in self._tensors().items():
             if t is None:
                 continue
@@ -192,11 +266,13 @@ class SRULMLayerCache:
         self._apply(lambda t: t[indices], in_place=False)
 
     def crop(self, tokens_to_remove: int) -> None:
-        if tokens_to_remove != 0:
-            raise ValueError(
-                f"SRULMCache cannot remove tokens (asked to crop {tokens_to_remove}): the SRU state c has already "
-                "absorbed them and cannot be rolled back"
-            )
+        """This layer alone: see :meth:`SRULMCache.crop`."""
+        n = _tokens_to_remove(tokens_to_remove)
+        if (error := self._crop_error(n)) is not None:
+            raise ValueError(error)
+        self._crop(n)
+        if self.is_static and n:
+            self._pos.sub_(n)
 
     def reset(self) -> None:
         """Forget every token: a static cache zeroes its buffers in place, a dynamic one drops them."""
@@ -209,7 +285,8 @@ class SRULMLayerCache:
             self.is_recurrent_states_initialized[0] = False
             self._seen = 0
         self.has_previous_state[0] = False
-        self._pending_state = None
+        self._pending_state = self._pending_record = None
+        self._history = []
 
     def offload(self) -> None:  # the state is small; keys/values stay where attention reads them
         pass
@@ -217,16 +294,15 @@ class SRULMLayerCache:
     def prefetch(self) -> None:
         pass
 
-    def activate_past_recording(self) -> None:
-        raise ValueError("SRULMCache cannot record past states for rollback (assisted decoding needs it)")
-
     @property
     def is_compileable(self) -> bool:
-        return self.is_static
+        # recording appends states every step: not a fixed set of buffers (as transformers' linear layers)
+        return self.is_static and not self.record_past
 
     @property
     def is_croppable(self) -> bool:
-        return False
+        """True while recording: crop can then restore any position since the last crop exactly."""
+        return self.record_past
 
     def nbytes(self) -> int:
         """Bytes allocated (spare key/value capacity included)."""
@@ -450,6 +526,20 @@ class SRULMCache(Cache):
     def get_mask_sizes(self, query_length: int, layer_idx: int) -> tuple[int, int]:
         return self.layers[layer_idx].get_mask_sizes(query_length)
 
+    def crop(self, tokens_to_remove: int) -> None:
+        """Remove the last ``-tokens_to_remove`` tokens: keys/values and every layer's SRU state go back to that
+        position exactly. Needs :meth:`activate_past_recording` before the forwards that fed them (assisted
+        decoding does so); ``crop(0)`` only forgets the recorded states. A cache that does not record can only
+        ``crop(0)``."""
+        n = _tokens_to_remove(tokens_to_remove)
+        for layer in self.layers:  # all or nothing
+            if (error := layer._crop_error(n)) is not None:
+                raise ValueError(error)
+        for layer in self.layers:
+            layer._crop(n)
+        if self.is_static and n:
+            self._pos.sub_(n)
+
     def reset(self) -> None:
         super().reset()
         if self._pos is not None:
@@ -462,11 +552,11 @@ class SRULMCache(Cache):
 
     @property
     def is_compileable(self) -> bool:
-        return self.is_static
+        return self.is_static and not any(layer.record_past for layer in self.layers)
 
     @property
     def is_croppable(self) -> bool:
-        return False
+        return len(self.layers) > 0 and all(layer.record_past for layer in self.layers)
 
     @property
     def is_linear(self) -> list[bool]:

@@ -199,6 +199,20 @@ class SRULMLayer(GradientCheckpointingLayer):
         init.ones_(self.norm.weight)
         init.zeros_(self.norm.bias)
 
+    def _state_after_each_position(self, U, x, mask_pad, dropout_mask, c0, c_last) -> torch.Tensor | None:
+        """The SRU state after each of the L positions, (L, B, d), by decode steps (the last is ``c_last``): what
+        a recording cache keeps so that ``crop`` can roll back rejected draft tokens. None for one position."""
+        if U.shape[0] == 1:
+            return None
+        c, states = (torch.zeros_like(c_last) if c0 is None else c0), []
+        for t in range(U.shape[0] - 1):
+            _, c = sru_step(
+                U[t], x[t], self.weight_c, self.bias, c, None if mask_pad is None else mask_pad[t], dropout_mask,
+                self.scale_x, backend=self.config.sru_backend,
+            )
+            states.append(c)
+        return torch.stack([*states, c_last])
+
     def forward(
         self,
         x: torch.Tensor,
@@ -236,7 +250,9 @@ class SRULMLayer(GradientCheckpointingLayer):
                 backend=self.config.sru_backend,
             )
         if cache is not None:
-            cache.update_state(c, L)
+            # while the cache records (assisted decoding) it keeps the state after every position, for crop()
+            states = self._state_after_each_position(U, x, mask_pad, mask, c0, c) if cache.record_past else None
+            cache.update_state(c, L, states)
         return h.transpose(0, 1)  # (B, L, d)
 
 
@@ -281,7 +297,7 @@ class SRULMPreTrainedModel(PreTrainedModel):
     # output_hidden_states: each layer's input (B, L, d) and the final normed output, the tensors the layers pass
     # on (so hidden_states[i].retain_grad() works); output_attentions: per attention layer, eager only
     _can_record_outputs = {"hidden_states": SRULMLayer, "attentions": SRULMAttention}
-    _is_stateful = True  # the SRU state cannot be rolled back: generate() refuses assisted decoding up front
+    _is_stateful = False  # SRULMCache records the SRU state per position and crops it: assisted decoding works
 
     def __init__(self, config: SRULMConfig, *inputs, **kwargs) -> None:
         if hasattr(config, "validate_sru_lm"):  # (a remote-code config class is another class of the same name)
@@ -552,7 +568,8 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
         self, generation_config, model_kwargs: dict, generation_mode, batch_size: int, max_cache_length: int
     ) -> None:
         """The cache ``generate`` decodes with. ``cache_implementation`` None or ``"dynamic"``: a growing
-        :class:`SRULMCache`, built by the first forward. ``"static"``, or a ``compile_config`` with no
+        :class:`SRULMCache` (recording, so croppable, when this model drafts for another). ``"static"``, or a
+        ``compile_config`` with no
         ``cache_implementation``: a static one of ``max_cache_len`` (the generation's ``max_length``, or
         ``generation_config.max_cache_len`` when larger), which ``generate`` runs under ``torch.compile``.
         Any other ``cache_implementation`` is refused with this list."""
@@ -572,6 +589,10 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
                 "buffers that grow) or 'static' (allocated once at max_length, compileable); got "
                 f"{implementation!r}"
             )
+        else:
+            model_kwargs["cache"] = SRULMCache(self.config)  # assisted decoding needs it before the first forward
+        if generation_config.is_assistant:  # a draft model's cache is cropped to the accepted tokens
+            model_kwargs["cache"].activate_past_recording()
 
     def create_masks_for_generate(self, config, inputs_embeds, attention_mask, cache=None, **kwargs):
         """``generate`` asks a compileable cache's model for the masks of each step: the 2D mask padded to the

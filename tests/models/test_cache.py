@@ -233,3 +233,63 @@ def test_cache_implementation_static_builds_the_static_cache(model, caplog):
 def test_unsupported_cache_implementation_says_what_is_supported(model, implementation):
     with pytest.raises(ValueError, match="'dynamic'.*'static'"):
         model.generate(_ids(B=1, L=3), max_new_tokens=2, cache_implementation=implementation)
+
+
+# -- rollback -----------------------------------------------------------------------------------------------
+def _forward_chunks(model, cache, ids, chunks):
+    out, start = [], 0
+    with torch.no_grad():
+        for n in chunks:
+            out.append(model(ids[:, start : start + n], cache=cache).logits)
+            start += n
+    return torch.cat(out, 1)
+
+
+@pytest.mark.parametrize("max_cache_len", [None, 24])
+@pytest.mark.parametrize("chunks,keep", [((8,), 5), ((8,), 0), ((5, 3), 5), ((4, 1, 1, 1, 1), 5), ((3, 4, 1), 3)])
+def test_crop_then_forward_equals_forward_of_the_kept_tokens(model, max_cache_len, chunks, keep):
+    """crop back to `keep` tokens (within one forward, across several, to the start), then feed other tokens:
+    the same logits, keys/values and SRU states as a cache that only ever saw the kept tokens."""
+    ids, other = _ids(L=sum(chunks)), _ids(L=3, seed=1)
+    cropped = SRULMCache(model.config, max_cache_len=max_cache_len)
+    cropped.activate_past_recording()
+    assert cropped.is_croppable and not cropped.is_compileable
+    _forward_chunks(model, cropped, ids, chunks)
+    cropped.crop(keep - sum(chunks))
+    assert cropped.get_seq_length() == keep
+    fresh = SRULMCache(model.config, max_cache_len=max_cache_len)
+    with torch.no_grad():
+        if keep:
+            model(ids[:, :keep], cache=fresh)
+        a, b = model(other, cache=cropped).logits, model(other, cache=fresh).logits
+    torch.testing.assert_close(a, b, **TOL)
+    for got, want in zip(cropped.layers, fresh.layers, strict=True):
+        torch.testing.assert_close(got.c, want.c, **TOL)
+        if got.has_attention:
+            torch.testing.assert_close(got.keys, want.keys, **TOL)
+
+
+def test_crop_reaches_back_only_to_the_previous_crop(model):
+    cache = SRULMCache(model.config)
+    cache.activate_past_recording()
+    _forward_chunks(model, cache, _ids(L=6), (4, 2))
+    cache.crop(-1)
+    _forward_chunks(model, cache, _ids(L=1), (1,))
+    with pytest.raises(ValueError, match="only the last 1 positions"):
+        cache.crop(-2)
+    cache.crop(0)  # forgets the recorded states
+    with pytest.raises(ValueError, match="only the last 0 positions"):
+        cache.crop(-1)
+    with pytest.raises(ValueError, match="an int <= 0"):
+        cache.crop(2)
+    assert cache.get_seq_length() == 6
+
+
+def test_a_cache_that_does_not_record_cannot_be_rolled_back(model):
+    cache = SRULMCache(model.config)
+    _forward_chunks(model, cache, _ids(L=4), (4,))
+    assert not cache.is_croppable
+    cache.crop(0)
+    with pytest.raises(ValueError, match="activate_past_recording"):
+        cache.crop(-1)
+    assert cache.get_seq_length() == 4

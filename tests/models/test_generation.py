@@ -1,7 +1,9 @@
 """generate(): cached decoding equals uncached, left-padded batches equal single prompts, beam search
-reorders the SRU state and the keys/values."""
+reorders the SRU state and the keys/values, assisted and prompt-lookup decoding equal greedy decoding."""
 
 from __future__ import annotations
+
+import copy
 
 import pytest
 import torch
@@ -106,6 +108,47 @@ def test_no_attention_layers_generate(model):
     torch.testing.assert_close(_gen(m, ids), _gen(m, ids, use_cache=False), rtol=0, atol=0)
 
 
-def test_assisted_decoding_is_refused_clearly(model):
-    with pytest.raises(ValueError, match="stateful"):
-        model.generate(torch.tensor([PROMPTS[0]]), assistant_model=model, max_new_tokens=3)
+def _assistant(seed: int, **overrides) -> SRULMForCausalLM:
+    m = randomize(SRULMForCausalLM(tiny_config(**overrides)), seed=seed)
+    m.generation_config.pad_token_id, m.generation_config.eos_token_id = 0, None
+    return m
+
+
+@pytest.mark.parametrize("num_assistant_tokens", [1, 3, 6])
+def test_assisted_greedy_equals_greedy(model, num_assistant_tokens):
+    """Drafts from a different, smaller SRU++ model (rejected), from a perturbed copy of the model (some
+    accepted) and from the model itself (all accepted): the output is plain greedy decoding's every time, so
+    both caches rolled back exactly (the draft's across several of its decode steps)."""
+    ids = torch.tensor([PROMPTS[0]])
+    plain = _gen(model, ids, max_new_tokens=12)
+    perturbed = copy.deepcopy(model)  # agrees with the model on some drafted tokens, not all
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in perturbed.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g) * p.abs().mean())
+    for assistant in (_assistant(3, num_hidden_layers=2, hidden_size=16), perturbed, model):
+        config = assistant.generation_config
+        config.num_assistant_tokens, config.num_assistant_tokens_schedule = num_assistant_tokens, "constant"
+        config.assistant_confidence_threshold = 0.0  # always draft num_assistant_tokens
+        assisted = _gen(model, ids, max_new_tokens=12, assistant_model=assistant)
+        torch.testing.assert_close(assisted, plain, rtol=0, atol=0)
+
+
+def test_assisted_greedy_with_every_draft_rejected(model):
+    assistant = _assistant(4, num_hidden_layers=2)
+    with torch.no_grad():
+        assistant.lm_head.weight.zero_()  # it always drafts token 0, which the model never picks here
+    assistant.generation_config.num_assistant_tokens_schedule = "constant"
+    assistant.generation_config.assistant_confidence_threshold = 0.0
+    ids = torch.tensor([PROMPTS[2]])
+    plain = _gen(model, ids, max_new_tokens=10)
+    assert (plain[0, ids.shape[1]:] != 0).all()
+    torch.testing.assert_close(_gen(model, ids, max_new_tokens=10, assistant_model=assistant), plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("prompt_lookup_num_tokens", [1, 3, 5])
+def test_prompt_lookup_greedy_equals_greedy(model, prompt_lookup_num_tokens):
+    ids = torch.tensor([[5, 9, 13, 2, 5, 9, 13, 2, 5, 9]])  # repeated n-grams: lookup drafts from the prompt
+    plain = _gen(model, ids, max_new_tokens=12)
+    lookup = _gen(model, ids, max_new_tokens=12, prompt_lookup_num_tokens=prompt_lookup_num_tokens)
+    torch.testing.assert_close(lookup, plain, rtol=0, atol=0)

@@ -183,3 +183,20 @@ def test_decode_step_compiles_with_fullgraph(model, rotary, backend):
             logits.append(step(ids[:, t : t + 1], attention_mask=buffer_mask, cache=cache).logits)
     assert len(graphs) == 1
     torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_decoding_equals_eager(model):
+    """On CUDA the default compile config ("reduce-overhead") captures the decode step in CUDA graphs, which
+    replay only while every buffer keeps its address: the tokens must still be eager's."""
+    gpu = model.to("cuda")
+    try:
+        ids, mask = _left_pad(PROMPTS)
+        ids, mask = ids.cuda(), mask.cuda()
+        eager = _generate(gpu, ids, mask, max_new_tokens=12)
+        config = CompileConfig()  # mode="reduce-overhead": CUDA graphs
+        out = _generate(gpu, ids, mask, max_new_tokens=12, compile_config=config, return_dict_in_generate=True)
+        assert out.cache.is_static
+        torch.testing.assert_close(out.sequences, eager, rtol=0, atol=0)
+    finally:
+        model.to("cpu")

@@ -381,12 +381,6 @@ class SRULMModel(SRULMPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.embed_tokens = value
-
     def _attention_mask(
         self, attention_mask: torch.Tensor | None, L: int, past: int | torch.Tensor, device: torch.device,
         kv_len: int | None = None,
@@ -601,12 +595,6 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
             return attention_mask
         return F.pad(attention_mask, (0, cache.max_cache_len - attention_mask.shape[1]))
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -680,12 +668,6 @@ class SRULMForSequenceClassification(SRULMPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
-
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -736,12 +718,6 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
         self.model = SRULMModel(config)
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
-
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.model.embed_tokens
-
-    def set_input_embeddings(self, value: nn.Embedding) -> None:
-        self.model.embed_tokens = value
 
     def forward(
         self,

@@ -287,3 +287,22 @@ def test_preallocated_cache_keeps_its_buffers():
     assert cache.layers[0].keys.data_ptr() == keys.data_ptr()  # written in place, never reallocated
     assert cache.layers[0].keys.shape[2] == 12
     torch.testing.assert_close(torch.cat(steps, 1), full, **TOL)
+
+
+@pytest.mark.parametrize(
+    "cls", [SRULMModel, SRULMForCausalLM, SRULMForSequenceClassification, SRULMForQuestionAnswering]
+)
+def test_input_embeddings_accessors_and_resizing(cls):
+    """transformers' own get/set_input_embeddings find ``embed_tokens`` (on the model or on ``.model``)."""
+    model = cls(tiny_config())
+    base = getattr(model, "model", model)
+    assert model.get_input_embeddings() is base.embed_tokens
+    new = torch.nn.Embedding(VOCAB, model.config.hidden_size)
+    model.set_input_embeddings(new)
+    assert base.embed_tokens is new
+    model.resize_token_embeddings(VOCAB + 3)
+    assert base.embed_tokens.weight.shape == (VOCAB + 3, model.config.hidden_size)
+    if cls is SRULMForCausalLM:
+        assert model.lm_head.weight is base.embed_tokens.weight  # still tied
+    with torch.no_grad():
+        model.eval()(torch.tensor([[VOCAB + 2, 1]]))

@@ -79,7 +79,7 @@ def test_save_and_load_round_trip_exactly(tmp_path, cls):
         assert loaded.lm_head.weight is loaded.model.embed_tokens.weight
 
 
-REMOTE_SCRIPT = textwrap.dedent(
+WITHOUT_SRU_LM = textwrap.dedent(
     """
     import importlib.abc, sys
 
@@ -91,6 +91,29 @@ REMOTE_SCRIPT = textwrap.dedent(
             return None
 
     sys.meta_path.insert(0, NoSruLm())
+    """
+)
+
+
+def _run_without_sru_lm(tmp_path, script: str, model_dir, ids: torch.Tensor) -> dict:
+    """Run ``script`` (after :data:`WITHOUT_SRU_LM`) in a fresh process as ``script model_dir out_file``, where
+    ``out_file`` holds ``{"ids": ids}``; return what it saved there."""
+    out_file = tmp_path / "out.pt"
+    torch.save({"ids": ids}, out_file)
+    path = tmp_path / "remote_script.py"
+    path.write_text(WITHOUT_SRU_LM + script)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
+    proc = subprocess.run(
+        [sys.executable, str(path), str(model_dir), str(out_file)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return torch.load(out_file)
+
+
+REMOTE_SCRIPT = textwrap.dedent(
+    """
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -150,18 +173,7 @@ def test_trust_remote_code_load_in_a_process_without_sru_lm(tmp_path):
     model_dir = tmp_path / "sru-tiny"
     model.save_pretrained(model_dir)
     ids = torch.randint(1, VOCAB, (2, 6))
-    out_file = tmp_path / "out.pt"
-    torch.save({"ids": ids}, out_file)
-    script = tmp_path / "load_remote.py"
-    script.write_text(REMOTE_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(model_dir), str(out_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = torch.load(out_file)
+    result = _run_without_sru_lm(tmp_path, REMOTE_SCRIPT, model_dir, ids)
     assert result["sru_lm_modules"] == []  # sru_lm was never imported
     assert result["module"].startswith("transformers_modules.")  # the copied modeling file ran
     assert result["fast_path"] is False  # ... with its pure-torch recurrence
@@ -238,15 +250,6 @@ def test_sru_backend_is_saved_overridable_at_load_and_reaches_the_recurrence(tmp
 
 REMOTE_HEADS_SCRIPT = textwrap.dedent(
     """
-    import importlib.abc, sys
-
-    class NoSruLm(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "sru_lm" or name.startswith("sru_lm."):
-                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
-            return None
-
-    sys.meta_path.insert(0, NoSruLm())
     import torch
     import transformers
 
@@ -280,18 +283,7 @@ def test_auto_map_names_every_head_and_remote_code_loads_each(tmp_path):
         "AutoModelForQuestionAnswering": "modeling_sru_lm.SRULMForQuestionAnswering",
     }
     ids = torch.randint(1, VOCAB, (2, 6))
-    out_file = tmp_path / "out.pt"
-    torch.save({"ids": ids}, out_file)
-    script = tmp_path / "load_heads.py"
-    script.write_text(REMOTE_HEADS_SCRIPT)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update(HF_MODULES_CACHE=str(tmp_path / "hf_modules"), HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
-    proc = subprocess.run(
-        [sys.executable, str(script), str(model_dir), str(out_file)],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    result = torch.load(out_file)
+    result = _run_without_sru_lm(tmp_path, REMOTE_HEADS_SCRIPT, model_dir, ids)
     assert result.pop("sru_lm_modules") == []
     with torch.no_grad():
         want = model.model(ids).last_hidden_state

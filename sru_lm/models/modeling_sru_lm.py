@@ -55,6 +55,7 @@ from transformers.modeling_outputs import (
     SequenceClassifierOutputWithPast,
 )
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import capture_outputs
 
 from .cache import SRULMCache, SRULMLayerCache
@@ -576,6 +577,8 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
         if implementation == "static" or (implementation is None and wants_compile):
             if generation_config.max_cache_len is not None:
                 max_cache_length = max(max_cache_length, generation_config.max_cache_len)
+            # prompt lookup's last verification can run past max_length by up to its draft length
+            max_cache_length += generation_config.prompt_lookup_num_tokens or 0
             model_kwargs["cache"] = SRULMCache(self.config, max_cache_len=max_cache_length)
         elif implementation not in (None, "dynamic"):
             raise ValueError(
@@ -638,6 +641,17 @@ def _capture_flags(output_hidden_states: bool | None, output_attentions: bool | 
     return {k: v for k, v in flags.items() if v is not None}
 
 
+def _encode(
+    model: SRULMModel, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None,
+    inputs_embeds: torch.Tensor | None, kwargs: dict,
+) -> BaseModelOutputWithPast:
+    """A task head's pass through the encoder: no cache, and the output flags in the head's ``kwargs``."""
+    flags = _capture_flags(kwargs.get("output_hidden_states"), kwargs.get("output_attentions"))
+    return model(
+        input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False, **flags
+    )
+
+
 def _last_token_index(
     attention_mask: torch.Tensor | None, input_ids: torch.Tensor | None, pad_token_id: int | None, B: int, L: int,
     device: torch.device,
@@ -668,22 +682,16 @@ class SRULMForSequenceClassification(SRULMPreTrainedModel):
         self.score = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
         attention_mask: torch.Tensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        output_attentions: bool | None = None,
         **kwargs,
-    ) -> SequenceClassifierOutputWithPast | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
-            **_capture_flags(output_hidden_states, output_attentions),
-        )
+    ) -> SequenceClassifierOutputWithPast:
+        out = _encode(self.model, input_ids, attention_mask, inputs_embeds, kwargs)
         h = out.last_hidden_state  # (B, L, d)
         B, L, _ = h.shape
         if self.config.bidirectional:
@@ -700,10 +708,9 @@ class SRULMForSequenceClassification(SRULMPreTrainedModel):
         loss = None
         if labels is not None:
             loss = self.loss_function(logits=logits, labels=labels, pooled_logits=logits, config=self.config)
-        result = SequenceClassifierOutputWithPast(
+        return SequenceClassifierOutputWithPast(
             loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
         )
-        return result if return_dict else result.to_tuple()
 
 
 class SRULMForQuestionAnswering(SRULMPreTrainedModel):
@@ -719,6 +726,7 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
         self.qa_outputs = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -726,16 +734,9 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
         inputs_embeds: torch.Tensor | None = None,
         start_positions: torch.LongTensor | None = None,
         end_positions: torch.LongTensor | None = None,
-        output_hidden_states: bool | None = None,
-        return_dict: bool | None = None,
-        output_attentions: bool | None = None,
         **kwargs,
-    ) -> QuestionAnsweringModelOutput | tuple:
-        return_dict = return_dict if return_dict is not None else self.config.return_dict
-        out = self.model(
-            input_ids=input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, use_cache=False,
-            **_capture_flags(output_hidden_states, output_attentions),
-        )
+    ) -> QuestionAnsweringModelOutput:
+        out = _encode(self.model, input_ids, attention_mask, inputs_embeds, kwargs)
         logits = self.qa_outputs(out.last_hidden_state)  # (B, L, 2)
         if attention_mask is not None:
             logits = logits.masked_fill(attention_mask[..., None] == 0, torch.finfo(logits.dtype).min)
@@ -743,11 +744,10 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
         loss = None
         if start_positions is not None and end_positions is not None:
             loss = self.loss_function(start_logits, end_logits, start_positions, end_positions, **kwargs)
-        result = QuestionAnsweringModelOutput(
+        return QuestionAnsweringModelOutput(
             loss=loss, start_logits=start_logits, end_logits=end_logits, hidden_states=out.hidden_states,
             attentions=out.attentions,
         )
-        return result if return_dict else result.to_tuple()
 
 
 AUTO_CLASSES = {  # every Auto class the family fills: registered here, named in a saved config's auto_map

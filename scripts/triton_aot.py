@@ -33,14 +33,16 @@ def main() -> None:
     p.add_argument("--static", default="benchmarks/triton_sm90_static.md")
     p.add_argument("--no-model", action="store_true", help="leave out the ~125M model's variants")
     p.add_argument("--no-tests", action="store_true", help="leave out tests/ops/test_triton.py's variants")
+    p.add_argument("--static-only", action="store_true", help="only re-read --full-dir into the static table")
     args = p.parse_args()
 
-    variants = build.record_device_run(model=not args.no_model, tests=not args.no_tests)
-    print(f"{len(variants)} distinct variants; compiling for sm_90 with {args.python}", flush=True)
-    libtriton = args.libtriton if Path(args.libtriton).exists() else None
-    build.compile_in(args.python, variants, Path(args.full_dir), libtriton)
-    nbytes = triton_aot.bundle(args.full_dir, args.out)
-    print(f"{args.out}: {nbytes / 2**20:.1f} MiB")
+    if not args.static_only:
+        variants = build.record_device_run(model=not args.no_model, tests=not args.no_tests)
+        print(f"{len(variants)} distinct variants; compiling for sm_90 with {args.python}", flush=True)
+        libtriton = args.libtriton if Path(args.libtriton).exists() else None
+        build.compile_in(args.python, variants, Path(args.full_dir), libtriton)
+        nbytes = triton_aot.bundle(args.full_dir, args.out)
+        print(f"{args.out}: {nbytes / 2**20:.1f} MiB")
 
     manifest = json.loads((Path(args.full_dir) / "manifest.json").read_text())
     rows = build.static_rows(args.python, Path(args.full_dir))

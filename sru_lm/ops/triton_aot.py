@@ -422,7 +422,11 @@ def static_report(cache_dir: str | Path) -> list[dict]:
         sass = subprocess.run([_tool("cuobjdump"), "--dump-sass", str(cubin)], capture_output=True, text=True).stdout
         ttgir = (d / f"{v['name']}.ttgir").read_text()
         meta = json.loads((d / f"{v['name']}.json").read_text())
-        rows.append({"kernel": v["kernel"], "meta": v["meta"], "dtype": v["args"][0][1].replace("torch.", ""),
+        names = getattr(load_kernels(), v["kernel"]).arg_names
+        du, dv = (v["args"][names.index(n)][1].replace("torch.", "").replace("float", "fp").replace("bfp", "bf")
+                  for n in ("p_U", "p_v"))
+        dtype = du if dv == "fp32" else f"{du}, v {dv}"  # U's dtype, and v's when not fp32
+        rows.append({"kernel": v["kernel"], "meta": v["meta"], "dtype": dtype,
                      **_resources(res), "shared": meta.get("shared"), **sass_counts(sass),
                      "async_copies": ttgir.count("async_copy_global_to_local"),
                      "ttgir_loads": ttgir.count("tt.load")})

@@ -146,9 +146,13 @@ def test_assisted_greedy_with_every_draft_rejected(model):
     torch.testing.assert_close(_gen(model, ids, max_new_tokens=10, assistant_model=assistant), plain, rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("cache_implementation", [None, "static"])
 @pytest.mark.parametrize("prompt_lookup_num_tokens", [1, 3, 5])
-def test_prompt_lookup_greedy_equals_greedy(model, prompt_lookup_num_tokens):
+def test_prompt_lookup_greedy_equals_greedy(model, prompt_lookup_num_tokens, cache_implementation):
+    """Also over the static cache, which a last lookup draft running past max_length must not overflow."""
     ids = torch.tensor([[5, 9, 13, 2, 5, 9, 13, 2, 5, 9]])  # repeated n-grams: lookup drafts from the prompt
-    plain = _gen(model, ids, max_new_tokens=12)
-    lookup = _gen(model, ids, max_new_tokens=12, prompt_lookup_num_tokens=prompt_lookup_num_tokens)
-    torch.testing.assert_close(lookup, plain, rtol=0, atol=0)
+    for max_new_tokens in (3, 12):
+        plain = _gen(model, ids, max_new_tokens=max_new_tokens)
+        lookup = _gen(model, ids, max_new_tokens=max_new_tokens, prompt_lookup_num_tokens=prompt_lookup_num_tokens,
+                      cache_implementation=cache_implementation)
+        torch.testing.assert_close(lookup, plain, rtol=0, atol=0)

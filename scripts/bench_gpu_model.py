@@ -28,19 +28,23 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="generate() runs per model and setting")
     args = p.parse_args()
     tiny = args.size == "tiny"
+
+    def save(text: str) -> None:  # after every row: a run stopped by its time limit keeps what it measured
+        if args.out:
+            os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+            with open(args.out, "w") as f:
+                f.write(text)
+
     with triton_aot.watch() as compiles:
         report = gpu_model.run(
             args.size, args.device,
             train=[] if args.no_train else [(32, 2)] if tiny else gpu_model.TRAIN,
             decode=[] if args.no_decode else [(1, 16), (2, 16)] if tiny else gpu_model.DECODE,
             compiled=not args.no_compiled, steps=args.steps, new_tokens=args.new_tokens, repeats=args.repeats,
-            log=lambda s: print(s, flush=True))
+            log=lambda s: print(s, flush=True), on_update=save)
     report += "\n" + compiles.summary() + "\n"
     print(report)
-    if args.out:
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(report)
+    save(report)
 
 
 if __name__ == "__main__":

@@ -4,10 +4,10 @@ compiled. ``scripts/bench_gpu_model.py`` is the command line.
 
 - Training: one step = forward, loss, backward and a fused AdamW update, fp32 weights under bf16 autocast,
   on random tokens; tokens/s over ``steps`` timed steps after ``warmup`` (the device synchronized around).
-- Decoding: :func:`sru_lm.bench.generate.bench_context` (greedy, the median decode step, cache bytes
-  after the run) for both models in bf16; GPT-2 also with a static cache under ``torch.compile``
-  (``generation_config.cache_implementation = "static"``, which ``generate`` compiles), its compile time
-  kept out of the median by the warm-up and reported.
+- Decoding (:func:`decode_row`): greedy ``generate()`` in bf16, the median decode step over a few runs
+  (:func:`sru_lm.bench.generate.decode_step_times`), cache bytes after the run; GPT-2 also with a static
+  cache under ``torch.compile`` (``generation_config.cache_implementation = "static"``, which ``generate``
+  compiles), its compile time kept out of the median by a warm-up of the same shape and reported.
 
 Models: :data:`sru_lm.bench.generate.SIZES` (``"124m"`` on the GPU; the tests use ``"tiny"``), built by
 :func:`sru_lm.bench.generate.build_models`. :func:`record_kernels` lists the Triton kernel variants a run
@@ -17,13 +17,14 @@ launches, with no GPU, for ``scripts/triton_aot.py``.
 from __future__ import annotations
 
 import copy
+import statistics
 import time
 
 import torch
 
 from sru_lm.ops import triton_backend as tb
 
-from .generate import GPT2, POSITIONS, SIZES, SRU, bench_context, build_models
+from .generate import GPT2, POSITIONS, SIZES, SRU, build_models, cache_bytes, decode_step_times
 from .machine import command_line, machine_description, now
 
 TINY = dict(vocab=128, gpt2=dict(n_embd=32, n_layer=2, n_head=2),
@@ -82,22 +83,36 @@ def compiled_copy(gpt2: torch.nn.Module) -> torch.nn.Module:
     return m
 
 
-def decode_rows(models: dict, batch: int, ctx: int, vocab: int, device: torch.device, new_tokens: int,
-                repeats: int) -> dict[str, dict]:
-    """``{name: {"ms", "tok_s", "mib", "first_s"}}``: first_s is the first generate() call of the context
-    (warm-up, compilation included)."""
-    out = {}
-    for name, m in models.items():
-        t0 = time.perf_counter()
-        row = bench_context({name: m}, ctx, batch, new_tokens, repeats, vocab, device)[name]
-        row["first_s"] = time.perf_counter() - t0  # the whole measurement; bench_context warms up first
-        out[name] = row
-    return out
+def decode_row(model: torch.nn.Module, ids: torch.Tensor, new_tokens: int, repeats: int) -> dict:
+    """``{"ms", "tok_s", "mib", "first_s"}`` of one model and prompt: the median decode step of ``repeats``
+    greedy ``generate()`` runs of 1 + ``new_tokens`` tokens, after a warm-up run of the same shape (so a
+    compiled static cache compiles once, in the warm-up, whose seconds are ``first_s``); cache MiB after
+    the run."""
+    t0 = time.perf_counter()
+    decode_step_times(model, ids, new_tokens)
+    first = time.perf_counter() - t0
+    steps = [s for _ in range(repeats) for s in decode_step_times(model, ids, new_tokens)]
+    out = model.generate(ids, max_new_tokens=1 + new_tokens, min_new_tokens=1 + new_tokens, do_sample=False,
+                         return_dict_in_generate=True)
+    ms = statistics.median(steps) * 1e3
+    return dict(ms=ms, tok_s=ids.shape[0] * 1e3 / ms, mib=cache_bytes(out.cache) / 2**20, first_s=first)
+
+
+def _fill_ratios(lines: list[str], rows_done: list) -> None:
+    """Put "x tokens/s, x cache" against GPT-2 eager into each decode row once GPT-2's row of its setting
+    exists (rows are written as they finish)."""
+    gpt2 = {(b, c): r for b, c, n, r, _ in rows_done if n == GPT2}
+    for b, c, _, r, i in rows_done:
+        g = gpt2.get((b, c))
+        cell = "-" if g is None else f"{r['tok_s'] / g['tok_s']:.2f}x tokens/s, {r['mib'] / g['mib']:.3f}x cache"
+        lines[i] = " | ".join(lines[i].split(" | ")[:6]) + f" | {cell} |"
 
 
 def run(size: str = "124m", device=None, train=TRAIN, decode=DECODE, compiled: bool = True, steps: int = 8,
-        new_tokens: int = 16, repeats: int = 3, log=print) -> str:
-    """Training and decoding tables as markdown (with date, machine and command)."""
+        new_tokens: int = 16, repeats: int = 3, log=print, on_update=lambda text: None) -> str:
+    """Training and decoding tables as markdown (with date, machine and command); ``on_update`` gets the
+    report so far after every row (the script rewrites its file, so a run cut short keeps its rows)."""
+    rows_done: list = []
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     spec = spec_of(size)
     t_start = time.time()
@@ -118,6 +133,7 @@ def run(size: str = "124m", device=None, train=TRAIN, decode=DECODE, compiled: b
             tps = {n: train_tokens_per_s(m, seq, batch, spec["vocab"], device, steps) for n, m in models.items()}
             lines.append(f"| {seq} x {batch} | {tps[SRU]:,.0f} | {tps[GPT2]:,.0f} | {tps[SRU] / tps[GPT2]:.2f}x |")
             log(lines[-1])
+            on_update("\n".join(lines) + "\n")
         del models
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -126,18 +142,23 @@ def run(size: str = "124m", device=None, train=TRAIN, decode=DECODE, compiled: b
         if compiled:
             models[GPT2_COMPILED] = compiled_copy(models[GPT2])
         lines += ["", f"generate(), bf16, greedy, median of {new_tokens} decode steps x {repeats} runs; "
-                  "cache = allocated bytes after the run; 'total s' = the whole measurement of that row "
-                  "(warm-up and any compilation included):", "",
-                  "| batch, context | model | ms/token | tokens/s | cache MiB | total s | vs GPT-2 eager |",
+                  "cache = allocated bytes after the run; warm-up s = the first run of the same shape (any "
+                  "compilation included):", "",
+                  "| batch, context | model | ms/token | tokens/s | cache MiB | warm-up s | vs GPT-2 eager |",
                   "|---|---|---|---|---|---|---|"]
-        for batch, ctx in decode:
-            rows = decode_rows(models, batch, ctx, spec["vocab"], device, new_tokens, repeats)
-            ref = rows[GPT2]
-            for name, r in rows.items():
-                lines.append(f"| {batch}, {ctx} | {name} | {r['ms']:.2f} | {r['tok_s']:,.1f} | {r['mib']:.1f} | "
-                             f"{r['first_s']:.1f} | {r['tok_s'] / ref['tok_s']:.2f}x tokens/s, "
-                             f"{r['mib'] / ref['mib']:.3f}x cache |")
-                log(lines[-1])
+        # eager rows of every setting first, the compiled GPT-2 last: a run cut short keeps the eager table
+        eager = {n: m for n, m in models.items() if n != GPT2_COMPILED}
+        order = [(b, c, n) for b, c in decode for n in eager] + [(b, c, GPT2_COMPILED) for b, c in decode
+                                                                 if GPT2_COMPILED in models]
+        prompts = {(b, c): torch.randint(1, spec["vocab"], (b, c), device=device) for b, c in decode}
+        for batch, ctx, name in order:
+            r = decode_row(models[name], prompts[(batch, ctx)], new_tokens, repeats)
+            lines.append(f"| {batch}, {ctx} | {name} | {r['ms']:.2f} | {r['tok_s']:,.1f} | {r['mib']:.1f} | "
+                         f"{r['first_s']:.1f} | - |")
+            rows_done.append((batch, ctx, name, r, len(lines) - 1))
+            _fill_ratios(lines, rows_done)
+            log(lines[-1])
+            on_update("\n".join(lines) + "\n")
     lines += ["", f"({time.time() - t_start:.0f} s)"]
     return "\n".join(lines) + "\n"
 

@@ -128,9 +128,10 @@ def select_backend(U: torch.Tensor, backend: str | None = None) -> str:
     - ``"cpu"``: the C++ kernel (:mod:`sru_lm.ops.cpu`), the default on CPU;
     - ``"triton"``: the Triton kernels, the default on CUDA (CPU tensors under ``TRITON_INTERPRET=1``).
 
-    When the preferred fast backend cannot run here, the next best one runs and a warning says why, once:
-    the C++ kernel needs a C++ compiler and ninja at first use (else ``"torch"``); the Triton kernels need
-    triton and compute in fp32, so fp64 on CUDA runs ``"torch"``. Dtype rules otherwise: every backend
+    When the preferred fast backend cannot run here, the device's best one runs and a warning says why,
+    once: the C++ kernel needs CPU tensors, a C++ compiler and ninja at first use (else ``"torch"``); the
+    Triton kernels need triton and CUDA (else the C++ kernel on CPU, ``"torch"`` elsewhere) and compute in
+    fp32, so fp64 on CUDA runs ``"torch"``. Dtype rules otherwise: every backend
     carries the state in fp32 (fp64 for fp64 inputs); the C++ kernel reads fp16 through its fp32 path.
     Under torch.compile the choice is made once, while tracing, and kept in the graph.
 
@@ -159,13 +160,14 @@ def _choose(device: str, dtype: torch.dtype, want: str | None) -> str:
             why = f"they run on CUDA, not {device}"
         if not why:
             return "triton"
+        fallback = _choose(device, dtype, "cpu") if device == "cpu" else "torch"
         _warn_once(f"triton-{device}-{dtype}", f"the Triton kernels cannot run here ({why}); the SRU recurrence "
-                   "runs the scripted PyTorch loops (backend 'torch') instead")
-        return "torch"
-    if device != "cpu":
-        if want == "cpu":
-            _warn_once(f"cpu-{device}", f"backend 'cpu' needs CPU tensors, not {device}; running backend 'torch'")
-        return "torch"
+                   f"runs backend {fallback!r} instead")
+        return fallback
+    if device != "cpu":  # "cpu" asked for tensors elsewhere (a config saved on another machine)
+        fallback = _choose(device, dtype, None) if device == "cuda" else "torch"
+        _warn_once(f"cpu-{device}", f"backend 'cpu' needs CPU tensors, not {device}; running backend {fallback!r}")
+        return fallback
     if cpu.available():
         return "cpu"
     _warn_once("cpu", f"the C++ CPU kernel of the SRU recurrence is not usable ({cpu.why_unavailable()}); "

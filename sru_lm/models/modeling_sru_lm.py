@@ -362,9 +362,13 @@ class SRULMModel(SRULMPreTrainedModel):
     """Embeddings, the SRU++ layers and a final LayerNorm.
 
     ``forward(input_ids (B, L) or inputs_embeds (B, L, d), attention_mask (B, past + L), cache, use_cache,
-    position_ids, output_hidden_states) -> BaseModelOutputWithPast(last_hidden_state (B, L, d), cache,
-    hidden_states)``. ``attention_mask`` spans the cached tokens plus the new ones (as ``generate``
-    passes it); ``cache`` is an :class:`SRULMCache` (created when ``use_cache`` and none is given).
+    position_ids, output_hidden_states, output_attentions, return_dict) -> BaseModelOutputWithPast(
+    last_hidden_state (B, L, d), cache, hidden_states, attentions)``. ``attention_mask`` spans the cached tokens
+    plus the new ones (as ``generate`` passes it); ``cache`` is an :class:`SRULMCache` (created when
+    ``use_cache`` and none is given). ``hidden_states``: every layer's input (B, L, d) and the normed output
+    (``num_hidden_layers + 1``), the very tensors the layers pass on; ``attentions``: one (B, heads, L, S) per
+    attention layer, from ``attn_implementation="eager"`` only. Both are recorded by transformers'
+    ``@capture_outputs`` from ``_can_record_outputs``.
 
     Example:
         >>> model = SRULMModel(SRULMConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2))

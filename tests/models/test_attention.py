@@ -157,3 +157,20 @@ def test_supports_flags_are_what_works():
         after = model(ids, output_attentions=True)
     assert len(after.attentions) == model.config.num_attention_layers
     torch.testing.assert_close(after.logits, before, **TOL)
+
+
+def test_eager_under_bf16_autocast_follows_fp32():
+    """The eager mask is built in the input's dtype (fp32 under autocast) and added to bf16 scores: it must
+    still mask (no overflow to NaN) and agree with fp32 to bf16 accuracy, prefill and decode."""
+    ids, mask = _left_padded(2, 8, [8, 5])
+    fp32 = _model(SRULMForCausalLM, "sdpa")
+    model = _model(SRULMForCausalLM, "eager")
+    with torch.no_grad():
+        want = fp32(ids, attention_mask=mask).logits
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = model(ids, attention_mask=mask).logits
+            steps = _decode(model, ids, mask)
+    real = mask.bool()
+    assert torch.isfinite(got).all() and torch.isfinite(steps).all()
+    torch.testing.assert_close(got.float()[real], want[real], atol=0.1, rtol=0.05)
+    torch.testing.assert_close(steps.float()[real], want[real], atol=0.1, rtol=0.05)

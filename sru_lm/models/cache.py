@@ -171,10 +171,14 @@ class SRULMLayerCache:
 
     # -- the contract --------------------------------------------------------------------------------
     def _check_forward(self, num_tokens: int) -> None:
-        if self._pending_state != num_tokens:
+        self._check_pending(num_tokens, self._pending_state, "SRU state was stored", "tokens", "stored")
+
+    def _check_pending(self, num_tokens: int, pending: int | None, what: str, unit: str, done: str) -> None:
+        """Raise unless this forward wrote ``num_tokens`` (its ``pending`` count) into the layer."""
+        if pending != num_tokens:
             raise RuntimeError(
-                f"layer {self.layer_idx}: cache.advance({num_tokens}) but its SRU state was stored for "
-                f"{self._pending_state} tokens in this forward (None: not stored)"
+                f"layer {self.layer_idx}: cache.advance({num_tokens}) but its {what} for {pending} {unit} in "
+                f"this forward (None: not {done})"
             )
 
     def _finish_forward(self, num_tokens: int) -> None:
@@ -394,11 +398,7 @@ class _KeyValueMixin:
 
     def _check_forward(self, num_tokens: int) -> None:
         SRULMLayerCache._check_forward(self, num_tokens)
-        if self._pending_kv != num_tokens:
-            raise RuntimeError(
-                f"layer {self.layer_idx}: cache.advance({num_tokens}) but its keys/values were written for "
-                f"{self._pending_kv} positions in this forward (None: not written)"
-            )
+        self._check_pending(num_tokens, self._pending_kv, "keys/values were written", "positions", "written")
 
     def _finish_forward(self, num_tokens: int) -> None:
         self._pending_kv = None

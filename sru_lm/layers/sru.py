@@ -12,6 +12,8 @@ model family and defined once, in :mod:`sru_lm.models.sru_init`.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -177,14 +179,20 @@ class SRUCell(nn.Module):
         return s
 
 
+# SRUCell's arguments after ``bidirectional``: the options every layer of an SRU stack shares. They are
+# listed once, in SRUCell's signature; SRU takes them as keywords and shows them in its own (below).
+_CELL_PARAMS = inspect.signature(SRUCell.__init__).parameters
+_LAYER_OPTIONS = tuple(_CELL_PARAMS)[list(_CELL_PARAMS).index("bidirectional") + 1:]
+
+
 class SRU(nn.Module):
     """A stack of SRU layers with the calling convention of ``nn.GRU``.
 
     Args:
         input_size, hidden_size, num_layers, dropout, bidirectional, batch_first: as in ``nn.GRU``
             (``dropout`` is SRU's variational dropout inside every layer but the last).
-        layer_norm, normalize_after, projection_size, highway_bias, rescale, v1, backend: see
-            :class:`SRUCell`.
+        layer_norm, normalize_after, projection_size, highway_bias, rescale, v1, backend: keyword
+            arguments, passed to every layer; see :class:`SRUCell`.
 
     ``forward(input, c0=None, mask_pad=None) -> (output, c_n)``:
         input: ``(L, B, input_size)`` (``(B, L, input_size)`` if ``batch_first``) or a ``PackedSequence``.
@@ -210,17 +218,14 @@ class SRU(nn.Module):
         dropout: float = 0.0,
         bidirectional: bool = False,
         batch_first: bool = False,
-        layer_norm: bool = False,
-        normalize_after: bool = False,
-        projection_size: int = 0,
-        highway_bias: float = 0.0,
-        rescale: bool = False,
-        v1: bool = False,
-        backend: str | None = None,
+        **layer_options,
     ) -> None:
         super().__init__()
         if num_layers < 1:
             raise ValueError(f"num_layers must be >= 1, got {num_layers}")
+        unknown = sorted(set(layer_options) - set(_LAYER_OPTIONS))
+        if unknown:
+            raise TypeError(f"SRU got unexpected keyword arguments {unknown}; the layer options are {_LAYER_OPTIONS}")
         self.input_size = input_size
         self.hidden_size = hidden_size
         self.num_layers = num_layers
@@ -234,13 +239,7 @@ class SRU(nn.Module):
                 hidden_size,
                 dropout=dropout if i + 1 < num_layers else 0.0,
                 bidirectional=bidirectional,
-                layer_norm=layer_norm,
-                normalize_after=normalize_after,
-                projection_size=projection_size,
-                highway_bias=highway_bias,
-                rescale=rescale,
-                v1=v1,
-                backend=backend,
+                **layer_options,
             )
             for i in range(num_layers)
         )
@@ -323,3 +322,12 @@ class SRU(nn.Module):
             h, ci = layer.step(h, c[i])
             new.append(ci)
         return h, torch.stack(new)
+
+
+# help(SRU) and inspect.signature(SRU) show every argument with its default: SRU's own, then the layer
+# options (keyword-only) from SRUCell's signature
+SRU.__init__.__signature__ = inspect.Signature(
+    list(inspect.signature(SRU.__init__).parameters.values())[:-1]  # all but **layer_options
+    + [_CELL_PARAMS[name].replace(kind=inspect.Parameter.KEYWORD_ONLY) for name in _LAYER_OPTIONS],
+    return_annotation="None",
+)

@@ -100,6 +100,113 @@ def _cell(c, u0, uf, ur, vf, vr, bf, br):
     return f, r, c_new
 
 
+@_helper
+def _cell_fwd(c, u0, uf, ur, xt, m, real, vf, vr, bf, br, HAS_M: tl.constexpr, MASK: tl.constexpr):
+    """One forward step: returns c_t and h_t; with MASK, a padded step (``real`` False) keeps c and gives
+    h = 0. Without HAS_M, ``m`` is a placeholder."""
+    f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
+    g = r * (c_new - xt)
+    if HAS_M:
+        g = g * m
+    h = g + xt
+    if MASK:
+        c_new = tl.where(real, c_new, c)
+        h = tl.where(real, h, 0.0)
+    return c_new, h
+
+
+@_helper
+def _cell_bwd(
+    c, u0, uf, ur, xt, dh, dc, m, real, vf, vr, bf, br, dvf, dvr, dbf, dbr,
+    HAS_M: tl.constexpr, MASK: tl.constexpr,
+):
+    """One backward step from c = c_{t-1} and dc = dLoss/dc_t (through c_{t+1}): returns dLoss/dc_{t-1},
+    the gradients of U_0, U_f, U_r and x' at this step, and the v/b gradient sums with this step added.
+    With MASK, a padded step (``real`` False) passes dc through and has zero gradients."""
+    f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
+    if HAS_M:
+        mr = m * r
+        dr = dh * m * (c_new - xt)
+    else:
+        mr = r
+        dr = dh * (c_new - xt)
+    dcn = dc + dh * mr  # dL/dc_t, through h_t and through c_{t+1}
+    daf = dcn * (c - u0) * f * (1.0 - f)  # dL/d(pre-activation of f) = dL/dU_f
+    dar = dr * r * (1.0 - r)
+    dc_new = dcn * f + daf * vf + dar * vr
+    if MASK:
+        dc_new = tl.where(real, dc_new, dc)
+        daf = tl.where(real, daf, 0.0)
+        dar = tl.where(real, dar, 0.0)
+    du0 = dcn * (1.0 - f)
+    dxp = dh * (1.0 - mr)
+    if MASK:
+        du0 = tl.where(real, du0, 0.0)
+        dxp = tl.where(real, dxp, 0.0)
+    return dc_new, du0, daf, dar, dxp, dvf + daf * c, dvr + dar * c, dbf + daf, dbr + dar
+
+
+@_helper
+def _prologue(p_v, p_b, p_carry, p_m, H, D: tl.constexpr, HAS_CARRY: tl.constexpr, HAS_M: tl.constexpr,
+              BLOCK_H: tl.constexpr, VEC: tl.constexpr):
+    """What a scan program loads once: its units, v and b, the carried value's start (c_0 forward,
+    dc_L backward; zeros without HAS_CARRY) and the dropout mask (a placeholder without HAS_M)."""
+    i_b, i_d = tl.program_id(1), tl.program_id(2)
+    offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)  # VEC units per thread
+    mask_h = offs_h < H
+    col = (i_b * D + i_d) * H + offs_h  # offset into (B, D*H) tensors
+    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
+    if HAS_CARRY:
+        carry = tl.load(p_carry + col, mask=mask_h, other=0.0).to(tl.float32)
+    else:
+        carry = tl.zeros([BLOCK_H], dtype=tl.float32)
+    if HAS_M:
+        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+    else:
+        m = 1.0
+    return i_b, i_d, offs_h, mask_h, col, vf, vr, bf, br, carry, m
+
+
+@_helper
+def _load_step(p_U, p_x, row, offs_h, mask, H, scale_x, K: tl.constexpr):
+    """U_0, U_f, U_r and x' of one (t, b, d) row, as (BLOCK_H,) fp32 vectors."""
+    p = p_U + row * (K * H) + offs_h
+    u0 = tl.load(p, mask=mask, other=0.0).to(tl.float32)
+    uf = tl.load(p + H, mask=mask, other=0.0).to(tl.float32)
+    ur = tl.load(p + 2 * H, mask=mask, other=0.0).to(tl.float32)
+    if K == 4:
+        xt = tl.load(p + 3 * H, mask=mask, other=0.0).to(tl.float32)
+    else:
+        xt = tl.load(p_x + row * H + offs_h, mask=mask, other=0.0).to(tl.float32) * scale_x
+    return u0, uf, ur, xt
+
+
+@_helper
+def _store_step_grads(p_du, p_dxt, mask, du0, daf, dar, dxp, H, scale_x, K: tl.constexpr):
+    """One (t, b, d) row's gradients of U at ``p_du`` (and of x at ``p_dxt`` when K = 3)."""
+    tl.store(p_du, du0.to(p_du.dtype.element_ty), mask=mask)
+    tl.store(p_du + H, daf.to(p_du.dtype.element_ty), mask=mask)
+    tl.store(p_du + 2 * H, dar.to(p_du.dtype.element_ty), mask=mask)
+    if K == 4:
+        tl.store(p_du + 3 * H, dxp.to(p_du.dtype.element_ty), mask=mask)
+    else:
+        tl.store(p_dxt, (dxp * scale_x).to(p_dxt.dtype.element_ty), mask=mask)
+
+
+@_helper
+def _bwd_epilogue(p_dc0, p_dvb, col, i_b, i_d, offs_h, mask_h, dc, dvf, dvr, dbf, dbr, H, D: tl.constexpr):
+    tl.store(p_dc0 + col, dc, mask=mask_h)
+    p_part = p_dvb + (i_b * D + i_d) * (4 * H) + offs_h
+    tl.store(p_part, dvf, mask=mask_h)
+    tl.store(p_part + H, dvr, mask=mask_h)
+    tl.store(p_part + 2 * H, dbf, mask=mask_h)
+    tl.store(p_part + 3 * H, dbr, mask=mask_h)
+
+
 # L and B vary from batch to batch (bucketed text): specializing on them (divisibility by 16) would
 # compile every kernel again the first time a new kind of length arrives, seconds each on a GPU.
 @triton.jit(do_not_specialize=["L", "B"])
@@ -111,23 +218,10 @@ def _sru_fwd_kernel(
     HAS_C0: tl.constexpr, HAS_PAD: tl.constexpr, HAS_M: tl.constexpr,
     SAVE_EVERY: tl.constexpr, T: tl.constexpr, BLOCK_H: tl.constexpr, VEC: tl.constexpr,
 ):
-    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)  # VEC units per thread
-    mask_h = offs_h < H
+    i_b, i_d, offs_h, mask_h, col, vf, vr, bf, br, c, m = _prologue(
+        p_v, p_b, p_c0, p_m, H, D, HAS_C0, HAS_M, BLOCK_H, VEC
+    )
     rows = tl.arange(0, T)
-    col = (i_b * D + i_d) * H + offs_h  # offset into (B, D*H) tensors
-
-    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    if HAS_C0:
-        c = tl.load(p_c0 + col, mask=mask_h, other=0.0).to(tl.float32)
-    else:
-        c = tl.zeros([BLOCK_H], dtype=tl.float32)
-    if HAS_M:
-        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
 
     n_chunks = tl.cdiv(L, T)
     u0, uf, ur, xp, keep, _ = _load_chunk(
@@ -147,16 +241,12 @@ def _sru_fwd_kernel(
                 p_s = p_c_saved + (s // SAVE_EVERY).to(tl.int64) * (B * D * H) + col
                 tl.store(p_s, c, mask=tl.where(ok, mask_h, False))
             xt = _row(xp, rows, i)
-            f, r, c_new = _cell(c, _row(u0, rows, i), _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
-            g = r * (c_new - xt)
-            if HAS_M:
-                g = g * m
             if HAS_PAD:
                 real = _row(keep, rows, i) > 0.5
             else:
                 real = s < L
-            c = tl.where(real, c_new, c)
-            h = tl.where(real, g + xt, 0.0)
+            c, h = _cell_fwd(c, _row(u0, rows, i), _row(uf, rows, i), _row(ur, rows, i), xt, m, real,
+                             vf, vr, bf, br, HAS_M, True)
             tl.store(p_h + (t * B + i_b) * (D * H) + i_d * H + offs_h, h.to(p_h.dtype.element_ty),
                      mask=tl.where(s < L, mask_h, False))
         u0, uf, ur, xp, keep = nu0, nuf, nur, nxp, nkeep
@@ -179,27 +269,12 @@ def _sru_bwd_kernel(
     its backward runs. The v and b gradients are summed over time in registers and written once per
     program to ``p_dvb`` (B, D, 4, H) = [dv_f, dv_r, db_f, db_r]; the launcher sums over B.
     """
-    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)
-    mask_h = offs_h < H
+    i_b, i_d, offs_h, mask_h, col, vf, vr, bf, br, dc, m = _prologue(
+        p_v, p_b, p_dc_last, p_m, H, D, HAS_DC, HAS_M, BLOCK_H, VEC
+    )
     rows = tl.arange(0, T)
-    col = (i_b * D + i_d) * H + offs_h
-
-    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    if HAS_M:
-        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
-    if HAS_DC:
-        dc = tl.load(p_dc_last + col, mask=mask_h, other=0.0).to(tl.float32)
-    else:
-        dc = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dvf = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dvr = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dbf = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dbr = tl.zeros([BLOCK_H], dtype=tl.float32)
+    zero = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dvf, dvr, dbf, dbr = zero, zero, zero, zero
     stride_saved = B * D * H
 
     n_chunks = tl.cdiv(L, T)
@@ -245,50 +320,24 @@ def _sru_bwd_kernel(
             x_i = _row(xp, rows, i)
             dh_i = _row(dh, rows, i)
             u0_i = _row(u0, rows, i)
-            f, r, c_new = _cell(c, u0_i, _row(uf, rows, i), _row(ur, rows, i), vf, vr, bf, br)
-            if HAS_M:
-                mr = m * r
-                dr = dh_i * m * (c_new - x_i)
-            else:
-                mr = r
-                dr = dh_i * (c_new - x_i)
-            dcn = dc + dh_i * mr  # dL/dc_t, through h_t and through c_{t+1}
-            daf = dcn * (c - u0_i) * f * (1.0 - f)  # dL/d(pre-activation of f) = dL/dU_f
-            dar = dr * r * (1.0 - r)
             if HAS_PAD:
                 real = _row(keep, rows, i) > 0.5
             else:
                 real = s < L
-            dc = tl.where(real, dcn * f + daf * vf + dar * vr, dc)
-            daf = tl.where(real, daf, 0.0)
-            dar = tl.where(real, dar, 0.0)
-            du0 = tl.where(real, dcn * (1.0 - f), 0.0)
-            dxp = tl.where(real, dh_i * (1.0 - mr), 0.0)
-            dvf += daf * c
-            dvr += dar * c
-            dbf += daf
-            dbr += dar
+            dc, du0, daf, dar, dxp, dvf, dvr, dbf, dbr = _cell_bwd(
+                c, u0_i, _row(uf, rows, i), _row(ur, rows, i), x_i, dh_i, dc, m, real, vf, vr, bf, br,
+                dvf, dvr, dbf, dbr, HAS_M, True,
+            )
             ok = tl.where(s < L, mask_h, False)  # (`&` with a scalar breaks the interpreter)
             p_du = p_dU + ((t * B + i_b) * D + i_d) * (K * H) + offs_h
-            tl.store(p_du, du0.to(p_dU.dtype.element_ty), mask=ok)
-            tl.store(p_du + H, daf.to(p_dU.dtype.element_ty), mask=ok)
-            tl.store(p_du + 2 * H, dar.to(p_dU.dtype.element_ty), mask=ok)
-            if K == 4:
-                tl.store(p_du + 3 * H, dxp.to(p_dU.dtype.element_ty), mask=ok)
-            else:
-                p_dxt = p_dx + (t * B + i_b) * (D * H) + i_d * H + offs_h
-                tl.store(p_dxt, (dxp * scale_x).to(p_dx.dtype.element_ty), mask=ok)
+            p_dxt = p_dx + (t * B + i_b) * (D * H) + i_d * H + offs_h
+            _store_step_grads(p_du, p_dxt, ok, du0, daf, dar, dxp, H, scale_x, K)
         u0, uf, ur, xp, keep, dh = nu0, nuf, nur, nxp, nkeep, ndh
         if RECOMPUTE:
             c_ck = nc_ck
         else:
             cp = ncp
-    tl.store(p_dc0 + col, dc, mask=mask_h)
-    p_part = p_dvb + (i_b * D + i_d) * (4 * H) + offs_h
-    tl.store(p_part, dvf, mask=mask_h)
-    tl.store(p_part + H, dvr, mask=mask_h)
-    tl.store(p_part + 2 * H, dbf, mask=mask_h)
-    tl.store(p_part + 3 * H, dbr, mask=mask_h)
+    _bwd_epilogue(p_dc0, p_dvb, col, i_b, i_d, offs_h, mask_h, dc, dvf, dvr, dbf, dbr, H, D)
 
 
 @triton.jit
@@ -302,28 +351,19 @@ def _sru_step_kernel(
     offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     mask_h = offs_h < H
     col = i_b * H + offs_h
-    p = p_U + i_b * (K * H) + offs_h
-    u0 = tl.load(p, mask=mask_h, other=0.0).to(tl.float32)
-    uf = tl.load(p + H, mask=mask_h, other=0.0).to(tl.float32)
-    ur = tl.load(p + 2 * H, mask=mask_h, other=0.0).to(tl.float32)
-    if K == 4:
-        xt = tl.load(p + 3 * H, mask=mask_h, other=0.0).to(tl.float32)
-    else:
-        xt = tl.load(p_x + col, mask=mask_h, other=0.0).to(tl.float32) * scale_x
+    u0, uf, ur, xt = _load_step(p_U, p_x, i_b, offs_h, mask_h, H, scale_x, K)
     vf = tl.load(p_v + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     vr = tl.load(p_v + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     bf = tl.load(p_b + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     br = tl.load(p_b + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
     c = tl.load(p_c + col, mask=mask_h, other=0.0).to(tl.float32)
-    f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
-    g = r * (c_new - xt)
+    m = 1.0
     if HAS_M:
-        g = g * tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
-    h = g + xt
+        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+    real = True
     if HAS_PAD:
         real = tl.load(p_pad + i_b + offs_h * 0) == 0
-        c_new = tl.where(real, c_new, c)
-        h = tl.where(real, h, 0.0)
+    c_new, h = _cell_fwd(c, u0, uf, ur, xt, m, real, vf, vr, bf, br, HAS_M, HAS_PAD)
     tl.store(p_h + col, h.to(p_h.dtype.element_ty), mask=mask_h)
     tl.store(p_c_out + col, c_new.to(p_c_out.dtype.element_ty), mask=mask_h)
 
@@ -343,46 +383,19 @@ def _sru_fwd_step_kernel(
     SAVE: tl.constexpr, BLOCK_H: tl.constexpr, VEC: tl.constexpr, STAGES: tl.constexpr,
 ):
     """Forward scan, one step per iteration; with SAVE, c_{t-1} of step s goes to ``p_c_saved[s]``."""
-    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)
-    mask_h = offs_h < H
-    col = (i_b * D + i_d) * H + offs_h  # offset into (B, D*H) tensors
-
-    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    if HAS_C0:
-        c = tl.load(p_c0 + col, mask=mask_h, other=0.0).to(tl.float32)
-    else:
-        c = tl.zeros([BLOCK_H], dtype=tl.float32)
-    if HAS_M:
-        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
+    i_b, i_d, offs_h, mask_h, col, vf, vr, bf, br, c, m = _prologue(
+        p_v, p_b, p_c0, p_m, H, D, HAS_C0, HAS_M, BLOCK_H, VEC
+    )
     for s in tl.range(0, L, num_stages=STAGES):
         t = _time_of(s, L, i_d).to(tl.int64)
         row = (t * B + i_b) * D + i_d  # (t, b, d)
-        p = p_U + row * (K * H) + offs_h
-        u0 = tl.load(p, mask=mask_h, other=0.0).to(tl.float32)
-        uf = tl.load(p + H, mask=mask_h, other=0.0).to(tl.float32)
-        ur = tl.load(p + 2 * H, mask=mask_h, other=0.0).to(tl.float32)
-        if K == 4:
-            xt = tl.load(p + 3 * H, mask=mask_h, other=0.0).to(tl.float32)
-        else:
-            xt = tl.load(p_x + row * H + offs_h, mask=mask_h, other=0.0).to(tl.float32) * scale_x
+        u0, uf, ur, xt = _load_step(p_U, p_x, row, offs_h, mask_h, H, scale_x, K)
         if SAVE:
             tl.store(p_c_saved + tl.cast(s, tl.int64) * (B * D * H) + col, c, mask=mask_h)
-        f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
-        g = r * (c_new - xt)
-        if HAS_M:
-            g = g * m
-        h = g + xt
+        real = True
         if HAS_PAD:
             real = tl.load(p_pad + t * B + i_b) == 0
-            c = tl.where(real, c_new, c)
-            h = tl.where(real, h, 0.0)
-        else:
-            c = c_new
+        c, h = _cell_fwd(c, u0, uf, ur, xt, m, real, vf, vr, bf, br, HAS_M, HAS_PAD)
         tl.store(p_h + row * H + offs_h, h.to(p_h.dtype.element_ty), mask=mask_h)
     tl.store(p_c_last + col, c, mask=mask_h)
 
@@ -398,77 +411,24 @@ def _sru_bwd_step_kernel(
 ):
     """Backward scan, last step first, one step per iteration; ``p_c_saved[s]`` = c_{t-1} of step s.
     Outputs as in :func:`_sru_bwd_kernel`."""
-    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
-    offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)
-    mask_h = offs_h < H
-    col = (i_b * D + i_d) * H + offs_h
-
-    vf = tl.load(p_v + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    vr = tl.load(p_v + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    bf = tl.load(p_b + i_d * 2 * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    br = tl.load(p_b + i_d * 2 * H + H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
-    if HAS_M:
-        m = tl.load(p_m + col, mask=mask_h, other=0.0).to(tl.float32)
-    if HAS_DC:
-        dc = tl.load(p_dc_last + col, mask=mask_h, other=0.0).to(tl.float32)
-    else:
-        dc = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dvf = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dvr = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dbf = tl.zeros([BLOCK_H], dtype=tl.float32)
-    dbr = tl.zeros([BLOCK_H], dtype=tl.float32)
+    i_b, i_d, offs_h, mask_h, col, vf, vr, bf, br, dc, m = _prologue(
+        p_v, p_b, p_dc_last, p_m, H, D, HAS_DC, HAS_M, BLOCK_H, VEC
+    )
+    zero = tl.zeros([BLOCK_H], dtype=tl.float32)
+    dvf, dvr, dbf, dbr = zero, zero, zero, zero
     for k in tl.range(0, L, num_stages=STAGES):
         s = L - 1 - k
         t = _time_of(s, L, i_d).to(tl.int64)
         row = (t * B + i_b) * D + i_d
-        p = p_U + row * (K * H) + offs_h
-        u0 = tl.load(p, mask=mask_h, other=0.0).to(tl.float32)
-        uf = tl.load(p + H, mask=mask_h, other=0.0).to(tl.float32)
-        ur = tl.load(p + 2 * H, mask=mask_h, other=0.0).to(tl.float32)
-        if K == 4:
-            xt = tl.load(p + 3 * H, mask=mask_h, other=0.0).to(tl.float32)
-        else:
-            xt = tl.load(p_x + row * H + offs_h, mask=mask_h, other=0.0).to(tl.float32) * scale_x
+        u0, uf, ur, xt = _load_step(p_U, p_x, row, offs_h, mask_h, H, scale_x, K)
         dh = tl.load(p_dh + row * H + offs_h, mask=mask_h, other=0.0).to(tl.float32)
         c = tl.load(p_c_saved + tl.cast(s, tl.int64) * (B * D * H) + col, mask=mask_h, other=0.0)
-        f, r, c_new = _cell(c, u0, uf, ur, vf, vr, bf, br)
-        if HAS_M:
-            mr = m * r
-            dr = dh * m * (c_new - xt)
-        else:
-            mr = r
-            dr = dh * (c_new - xt)
-        dcn = dc + dh * mr  # dL/dc_t, through h_t and through c_{t+1}
-        daf = dcn * (c - u0) * f * (1.0 - f)
-        dar = dr * r * (1.0 - r)
-        du0 = dcn * (1.0 - f)
-        dxp = dh * (1.0 - mr)
-        dc_new = dcn * f + daf * vf + dar * vr
+        real = True
         if HAS_PAD:
             real = tl.load(p_pad + t * B + i_b) == 0
-            dc = tl.where(real, dc_new, dc)
-            daf = tl.where(real, daf, 0.0)
-            dar = tl.where(real, dar, 0.0)
-            du0 = tl.where(real, du0, 0.0)
-            dxp = tl.where(real, dxp, 0.0)
-        else:
-            dc = dc_new
-        dvf += daf * c
-        dvr += dar * c
-        dbf += daf
-        dbr += dar
-        p_du = p_dU + row * (K * H) + offs_h
-        tl.store(p_du, du0.to(p_dU.dtype.element_ty), mask=mask_h)
-        tl.store(p_du + H, daf.to(p_dU.dtype.element_ty), mask=mask_h)
-        tl.store(p_du + 2 * H, dar.to(p_dU.dtype.element_ty), mask=mask_h)
-        if K == 4:
-            tl.store(p_du + 3 * H, dxp.to(p_dU.dtype.element_ty), mask=mask_h)
-        else:
-            tl.store(p_dx + row * H + offs_h, (dxp * scale_x).to(p_dx.dtype.element_ty), mask=mask_h)
-    tl.store(p_dc0 + col, dc, mask=mask_h)
-    p_part = p_dvb + (i_b * D + i_d) * (4 * H) + offs_h
-    tl.store(p_part, dvf, mask=mask_h)
-    tl.store(p_part + H, dvr, mask=mask_h)
-    tl.store(p_part + 2 * H, dbf, mask=mask_h)
-    tl.store(p_part + 3 * H, dbr, mask=mask_h)
+        dc, du0, daf, dar, dxp, dvf, dvr, dbf, dbr = _cell_bwd(
+            c, u0, uf, ur, xt, dh, dc, m, real, vf, vr, bf, br, dvf, dvr, dbf, dbr, HAS_M, HAS_PAD
+        )
+        _store_step_grads(p_dU + row * (K * H) + offs_h, p_dx + row * H + offs_h, mask_h, du0, daf, dar, dxp, H,
+                          scale_x, K)
+    _bwd_epilogue(p_dc0, p_dvb, col, i_b, i_d, offs_h, mask_h, dc, dvf, dvr, dbf, dbr, H, D)

@@ -60,7 +60,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, ROTARY, SRULMConfig
-from .sru_backend import sru_recurrence, sru_step
+from .sru_backend import sru_recurrence, sru_step, sru_step_, state_dtype
 from .sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 
 logger = logging.getLogger(__name__)
@@ -160,8 +160,8 @@ class SRULMLayer(GradientCheckpointingLayer):
     layers, ``norm`` (LayerNorm on z, or on x with ``normalize_after=False``), ``out_proj`` (W3, d_proj ->
     3d, rows laid out (D, 3, H) = [U_x, U_f, U_r] per direction), ``weight_c``/``bias`` (D, 2, H): the SRU's
     ``v`` and ``b``. ``cache`` is this layer's :class:`SRULMLayerCache`; with it and one new token the SRU
-    runs :func:`sru_step`. Under gradient checkpointing transformers drops ``cache`` (a replayed forward must
-    not write it twice).
+    runs :func:`sru_step`, or :func:`sru_step_` into a static cache's own state. Under gradient checkpointing
+    transformers drops ``cache`` (a replayed forward must not write it twice).
     """
 
     def __init__(self, config: SRULMConfig, layer_idx: int) -> None:
@@ -214,6 +214,17 @@ class SRULMLayer(GradientCheckpointingLayer):
             states.append(c)
         return torch.stack([*states, c_last])
 
+    def _steps_in_place(self, cache: SRULMLayerCache, U: torch.Tensor, x: torch.Tensor) -> bool:
+        """Whether a decode step can write the state into the cache's buffer (:func:`sru_step_`): a static cache
+        (its addresses must not move) that does not record (it keeps the state before the step), ``c`` in the
+        state dtype, and no autograd (the in-place op has no backward)."""
+        c = cache.c
+        return (
+            cache.is_static and not cache.record_past and c.dtype == state_dtype(U.dtype) and c.is_contiguous()
+            and not (torch.is_grad_enabled()
+                     and any(t.requires_grad for t in (U, x, self.weight_c, self.bias, c)))
+        )
+
     def forward(
         self,
         x: torch.Tensor,
@@ -239,12 +250,21 @@ class SRULMLayer(GradientCheckpointingLayer):
         c0 = None if cache is None else cache.c
         x = x.to(U.dtype)  # the highway input: under autocast U comes out of out_proj in bf16/fp16
         if c0 is not None and L == 1 and not self.bidirectional:
-            h, c = sru_step(
-                U[0], x[0], self.weight_c, self.bias, c0,
-                None if mask_pad is None else mask_pad[0], mask, self.scale_x,
-                backend=self.config.sru_backend,
-            )
-            h = h[None]  # (1, B, d)
+            if self._steps_in_place(cache, U, x):  # the static cache's own c becomes the new state
+                c, h = c0, U.new_empty(B, d)
+                sru_step_(
+                    U[0], x[0], self.weight_c, self.bias, c, h,
+                    None if mask_pad is None else mask_pad[0], mask, self.scale_x,
+                    backend=self.config.sru_backend,
+                )
+                h = h[None]  # (1, B, d)
+            else:
+                h, c = sru_step(
+                    U[0], x[0], self.weight_c, self.bias, c0,
+                    None if mask_pad is None else mask_pad[0], mask, self.scale_x,
+                    backend=self.config.sru_backend,
+                )
+                h = h[None]  # (1, B, d)
         else:
             h, c = sru_recurrence(
                 U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.bidirectional, self.scale_x,

@@ -3,9 +3,9 @@
 - :func:`sru_recurrence_ref` and :func:`sru_step_ref` are the spec: one readable body of the math, a
   Python loop over time with the state in fp32 and autograd for gradients. Every fast path (the C++ CPU
   kernel, the scripted CPU loop, the Triton kernels) is tested against them.
-- :func:`sru_recurrence` and :func:`sru_step` run :mod:`sru_lm.ops`'s dispatcher (argument checks, then
-  the one backend decision, :func:`sru_lm.ops.select_backend`) when ``sru_lm`` is importable, and the
-  spec otherwise (logged once).
+- :func:`sru_recurrence`, :func:`sru_step` and the in-place :func:`sru_step_` run :mod:`sru_lm.ops`
+  (argument checks, then the one backend decision, :func:`sru_lm.ops.select_backend`) when ``sru_lm`` is
+  importable, and the spec otherwise (logged once).
 
 The file lives in ``models/`` because ``save_pretrained`` ships it next to the weights: a process that
 loads a model with ``trust_remote_code=True`` gets the modeling file and the sibling modules it imports
@@ -91,16 +91,17 @@ def sru_step_ref(
 
 
 _ops: ModuleType | None = None  # sru_lm.ops.recurrence once bound: run_recurrence, run_step
+_step_ops: ModuleType | None = None  # sru_lm.ops.step, bound with _ops: sru_step_
 _ops_missing = False  # True once `import sru_lm.ops` failed: the spec runs
 
 
 def _dispatcher() -> ModuleType | None:
-    global _ops, _ops_missing
+    global _ops, _step_ops, _ops_missing
     if _ops is None and not _ops_missing:
         try:
-            from sru_lm.ops import recurrence
+            from sru_lm.ops import recurrence, step
 
-            _ops = recurrence
+            _ops, _step_ops = recurrence, step
         except ImportError as err:  # loaded as remote code where sru_lm is not installed
             _ops_missing = True
             logger.warning(
@@ -214,4 +215,44 @@ def sru_step(
     return ops.run_step(args, backend)
 
 
-__all__ = ["sru_recurrence", "sru_recurrence_ref", "sru_step", "sru_step_ref", "state_dtype"]
+def sru_step_(
+    U: torch.Tensor,
+    x: torch.Tensor | None,
+    v: torch.Tensor,
+    b: torch.Tensor,
+    c: torch.Tensor,
+    h_out: torch.Tensor,
+    mask_pad: torch.Tensor | None = None,
+    dropout_mask: torch.Tensor | None = None,
+    scale_x: float = 1.0,
+    backend: str | None = None,
+) -> None:
+    """:func:`sru_step` in place, for a cache allocated once: ``c`` becomes the new state where it lies and
+    ``h_out`` receives ``h``, so a compiled (or CUDA-graph captured) decode step allocates no state.
+
+    With ``sru_lm`` this is :func:`sru_lm.ops.sru_step_` (a ``torch.library`` op that stays in a compiled
+    graph; the C++ and Triton kernels write in place, other backends copy); without it, the spec and a copy.
+    Not differentiable: decoding only.
+
+    Args:
+        U, x, v, b, mask_pad, dropout_mask, scale_x, backend: as in :func:`sru_step`.
+        c: ``(B, H)`` the previous state, contiguous, in fp32 (fp64 for fp64 input); overwritten.
+        h_out: ``(B, H)`` contiguous, in U's dtype; overwritten with ``h``.
+
+    Example:
+        >>> B, H = 2, 4
+        >>> v, b = torch.randn(1, 2, H), torch.zeros(1, 2, H)
+        >>> c, h = torch.zeros(B, H), torch.empty(B, H)
+        >>> sru_step_(torch.randn(B, 3 * H), torch.randn(B, H), v, b, c, h)  # c and h now hold the step
+    """
+    ops = _ops if _ops is not None else _dispatcher()
+    if ops is None:
+        with torch.no_grad():
+            h, c_new = sru_step_ref(U, x, v, b, c, mask_pad, dropout_mask, scale_x)
+            c.copy_(c_new)
+            h_out.copy_(h)
+        return
+    _step_ops.sru_step_(U, x, v, b, c, h_out, mask_pad, dropout_mask, scale_x, backend)
+
+
+__all__ = ["sru_recurrence", "sru_recurrence_ref", "sru_step", "sru_step_", "sru_step_ref", "state_dtype"]

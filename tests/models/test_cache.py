@@ -14,6 +14,7 @@ from transformers.cache_utils import (
 )
 
 from sru_lm import SRULMCache, SRULMForCausalLM
+from sru_lm.models import modeling_sru_lm
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 
@@ -143,6 +144,36 @@ def test_static_cache_equals_dynamic_and_never_moves_its_buffers(model):
     assert cache.is_compileable and cache.get_seq_length() == 12 and cache.get_max_length() == 16
     attn = [layer for layer in cache.layers if layer.has_attention]
     assert attn and all(isinstance(layer, LinearAttentionAndStaticFullAttentionLayer) for layer in attn)
+
+
+@pytest.mark.parametrize("mode", ["no_grad", "autograd", "recording"])
+def test_static_decode_writes_c_in_place_unless_autograd_or_recording_needs_a_new_state(model, monkeypatch, mode):
+    """Without autograd a static cache's decode step is the in-place op on the cache's own c; with autograd (the
+    op has no backward) or while recording (the state before the step is kept for crop) it is sru_step, copied
+    in by update_state. Either way the buffer keeps its address and the logits are the dynamic cache's."""
+    calls = []
+    for name in ("sru_step", "sru_step_"):
+        real = getattr(modeling_sru_lm, name)
+        monkeypatch.setattr(modeling_sru_lm, name, lambda *a, _real=real, _name=name, **k: calls.append(_name)
+                            or _real(*a, **k))
+    ids = _ids(L=7)
+    static, dynamic = SRULMCache(model.config, max_cache_len=8), SRULMCache(model.config)
+    with torch.no_grad():
+        for cache in (static, dynamic):
+            model(ids[:, :6], cache=cache)
+    if mode == "recording":
+        static.activate_past_recording()
+    ptrs = [layer.c.data_ptr() for layer in static.layers]
+    calls.clear()
+    with torch.set_grad_enabled(mode == "autograd"):
+        got = model(ids[:, 6:], cache=static).logits
+    assert calls == ["sru_step_" if mode == "no_grad" else "sru_step"] * len(static.layers)
+    assert [layer.c.data_ptr() for layer in static.layers] == ptrs
+    with torch.no_grad():
+        want = model(ids[:, 6:], cache=dynamic).logits
+    torch.testing.assert_close(got, want, **TOL)
+    for got_c, want_c in zip(static.sru_states(), dynamic.sru_states(), strict=True):
+        torch.testing.assert_close(got_c, want_c, **TOL)
 
 
 def test_static_cache_masks_unfilled_positions(model):

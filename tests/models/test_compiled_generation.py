@@ -1,6 +1,7 @@
 """Decoding under torch.compile on CPU: the static SRULMCache makes generate() compile the decode step
 (``compile_config._compile_all_devices`` lets it do so without a GPU), and compiled decoding gives the tokens of
-eager decoding; the decode step traces with fullgraph=True and never recompiles from one token to the next."""
+eager decoding; the decode step traces with fullgraph=True and never recompiles from one token to the next. Over a
+static cache each decode step writes the SRU state in place (``sru_step_`` on the cache's own ``c``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from transformers import CompileConfig
 from transformers.generation.streamers import BaseStreamer
 
 from sru_lm import SRULMCache, SRULMForCausalLM
+from sru_lm.models import modeling_sru_lm
 
 PROMPTS = [[5, 9, 13, 2, 7, 30], [41, 3], [17, 18, 19, 20]]
 
@@ -78,6 +80,41 @@ class _Counter:
             return call
 
         monkeypatch.setattr(model, "get_compiled_call", get_compiled_call)
+
+
+class _StepSpy:
+    """Wraps the layers' two decode steps: the addresses of the states ``sru_step_`` updated in place, and how
+    many times ``sru_step`` (a new state, copied into the cache) ran."""
+
+    def __init__(self, monkeypatch):
+        self.in_place, self.copied = [], 0
+        step_, step = modeling_sru_lm.sru_step_, modeling_sru_lm.sru_step
+
+        def sru_step_(U, x, v, b, c, *args, **kwargs):
+            self.in_place.append(c.data_ptr())
+            return step_(U, x, v, b, c, *args, **kwargs)
+
+        def sru_step(*args, **kwargs):
+            self.copied += 1
+            return step(*args, **kwargs)
+
+        monkeypatch.setattr(modeling_sru_lm, "sru_step_", sru_step_)
+        monkeypatch.setattr(modeling_sru_lm, "sru_step", sru_step)
+
+
+@pytest.mark.parametrize("case", ["greedy", "left_padded", "sampling"])
+def test_static_decoding_steps_the_cache_state_in_place(model, monkeypatch, case):
+    """Eager decoding over a static cache runs the in-place step on each layer's own ``c`` (the copying step never
+    runs) and gives the tokens of the dynamic cache, whose steps return a new state."""
+    ids, mask = (torch.tensor([PROMPTS[0]]), None) if case == "greedy" else _left_pad(PROMPTS)
+    kw = dict(do_sample=True, top_k=20, num_return_sequences=2, seed=7) if case == "sampling" else {}
+    dynamic = _generate(model, ids, mask, **kw)
+    spy = _StepSpy(monkeypatch)
+    cache = SRULMCache(model.config, max_cache_len=ids.shape[1] + 8)
+    static = _generate(model, ids, mask, cache=cache, **kw)
+    torch.testing.assert_close(static, dynamic, rtol=0, atol=0)
+    assert spy.copied == 0
+    assert spy.in_place == [layer.c.data_ptr() for layer in cache.layers] * 7  # the prefill made token 1 of 8
 
 
 def test_compiled_greedy_equals_eager_without_recompiling(model, monkeypatch):
@@ -159,8 +196,9 @@ def test_compiled_decoding_keeps_the_cache_buffers_in_place(model):
 @pytest.mark.parametrize("backend", [None, "reference"])
 def test_decode_step_compiles_with_fullgraph(model, rotary, backend):
     """One graph for the whole decode step (embedding, every layer's attention over the static buffers, the SRU
-    step and its state, the head); the position is a tensor, so four steps compile once. ``None``: the default
-    backend (on CPU the C++ kernel, a torch.library op); ``"reference"``: the pure-torch spec."""
+    step and its state, the head); the position is a tensor, so four steps compile once. The SRU step is the
+    in-place op ``sru_lm::sru_step_`` on each cache buffer (a graph input), with the backend as an argument:
+    ``None``, the default (on CPU the C++ kernel), or ``"reference"``, the spec and a copy."""
     config = tiny_config(num_hidden_layers=4, attention_every_n_layers=2, sru_backend=backend,
                          position_embedding_type="rotary" if rotary else "none")
     m = randomize(SRULMForCausalLM(config))
@@ -170,11 +208,11 @@ def test_decode_step_compiles_with_fullgraph(model, rotary, backend):
     cache = SRULMCache(m.config, max_cache_len=16)
     graphs = []
 
-    def backend(gm, example_inputs):
+    def capture(gm, example_inputs):
         graphs.append(gm)
         return gm
 
-    step = torch.compile(m, fullgraph=True, backend=backend)
+    step = torch.compile(m, fullgraph=True, backend=capture)
     with torch.no_grad(), torch._dynamo.config.patch(error_on_recompile=True):
         full = m(ids, attention_mask=mask).logits
         logits = [m(ids[:, :6], attention_mask=mask[:, :6], cache=cache).logits]
@@ -182,6 +220,9 @@ def test_decode_step_compiles_with_fullgraph(model, rotary, backend):
             buffer_mask = torch.nn.functional.pad(mask[:, : t + 1], (0, 16 - t - 1))  # what generate passes
             logits.append(step(ids[:, t : t + 1], attention_mask=buffer_mask, cache=cache).logits)
     assert len(graphs) == 1
+    steps = [n for n in graphs[0].graph.nodes if n.op == "call_function" and str(n.target).startswith("sru_lm.")]
+    assert [str(n.target) for n in steps] == ["sru_lm.sru_step_"] * 4
+    assert all(n.args[4].op == "placeholder" and n.args[9] == backend for n in steps)  # c: the cache's buffer
     torch.testing.assert_close(torch.cat(logits, 1), full, rtol=1e-5, atol=1e-5)
 
 

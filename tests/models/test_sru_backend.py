@@ -12,6 +12,21 @@ import sru_lm.ops
 from sru_lm.models import sru_backend
 
 
+@pytest.fixture
+def without_sru_lm(monkeypatch):
+    """As remote code where sru_lm is not installed: importing it fails (until monkeypatch.undo())."""
+    monkeypatch.setattr(sru_backend, "_ops", None)
+    monkeypatch.setattr(sru_backend, "_ops_missing", False)
+    real_import = __builtins__["__import__"] if isinstance(__builtins__, dict) else __builtins__.__import__
+
+    def no_sru_lm(name, *args, **kwargs):
+        if name.startswith("sru_lm"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.__import__", no_sru_lm)
+
+
 def test_package_uses_the_sru_lm_ops_dispatcher():
     assert sru_backend.FAST_PATH
     assert sru_lm.ops.sru_recurrence is sru_backend.sru_recurrence  # one public function, documented once
@@ -29,22 +44,17 @@ def test_the_backend_reaches_the_dispatcher(monkeypatch):
     sru_backend.sru_recurrence(U, x, v, b, backend="reference")
     sru_backend.sru_step(U[0], x[0], v, b, torch.zeros(2, 4), backend="torch")
     assert seen == ["reference", "torch"]
+    in_place = []
+    monkeypatch.setattr(sru_lm.ops.step, "select_backend", lambda U, backend=None: in_place.append(backend)
+                        or real(U, backend))
+    sru_backend.sru_step_(U[0], x[0], v, b, torch.zeros(2, 4), torch.empty(2, 4), backend="reference")
+    assert in_place == ["reference"]
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
 @pytest.mark.parametrize("k", [3, 4])
-def test_without_sru_lm_the_spec_runs_logged_once(monkeypatch, caplog, bidirectional, k):
+def test_without_sru_lm_the_spec_runs_logged_once(monkeypatch, without_sru_lm, caplog, bidirectional, k):
     """As remote code without sru_lm: the import fails at the first call, the spec runs, one warning."""
-    monkeypatch.setattr(sru_backend, "_ops", None)
-    monkeypatch.setattr(sru_backend, "_ops_missing", False)
-
-    def no_sru_lm(name, *args, **kwargs):
-        if name.startswith("sru_lm"):
-            raise ImportError(f"No module named {name!r}")
-        return real_import(name, *args, **kwargs)
-
-    real_import = __builtins__["__import__"] if isinstance(__builtins__, dict) else __builtins__.__import__
-    monkeypatch.setattr("builtins.__import__", no_sru_lm)
     torch.manual_seed(0)
     L, B, H = 13, 3, 10
     D = 2 if bidirectional else 1
@@ -81,3 +91,28 @@ def test_spec_step_is_the_spec_on_one_token():
     h_ops, c_ops = sru_backend.sru_step(U, x, v, b, c, pad, drop, 1.1)
     torch.testing.assert_close(h_ops, h, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c_ops, c_new, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("k", [3, 4])
+def test_inplace_step_without_sru_lm_equals_the_op(monkeypatch, without_sru_lm, k):
+    """The remote-code fallback of sru_step_ (the spec, copied into c and h_out) updates the same buffers to what
+    sru_lm.ops.sru_step_ gives: the default backend within fp32 tolerance, backend="reference" bit for bit."""
+    torch.manual_seed(0)
+    B, H = 4, 100
+    U = torch.randn(B, k * H)
+    x = torch.randn(B, H) if k == 3 else None
+    v, b, c0 = torch.randn(1, 2, H), torch.randn(1, 2, H), torch.randn(B, H)
+    pad, drop = torch.tensor([False, True, False, False]), torch.rand(B, H) + 0.5
+    c, h = c0.clone(), torch.full((B, H), float("nan"))
+    ptr = c.data_ptr()
+    for _ in range(2):  # the second step starts from the state the first wrote
+        sru_backend.sru_step_(U, x, v, b, c, h, pad, drop, 1.3)
+    assert sru_backend._ops_missing  # the spec ran
+    monkeypatch.undo()
+    assert c.data_ptr() == ptr and not h.isnan().any() and torch.equal(c[1], c0[1]) and h[1].abs().max() == 0
+    for backend, tol in ((None, dict(rtol=1e-5, atol=1e-5)), ("reference", dict(rtol=0, atol=0))):
+        c_op, h_op = c0.clone(), torch.full((B, H), float("nan"))
+        for _ in range(2):
+            sru_lm.ops.sru_step_(U, x, v, b, c_op, h_op, pad, drop, 1.3, backend=backend)
+        torch.testing.assert_close(h_op, h, **tol)
+        torch.testing.assert_close(c_op, c, **tol)

@@ -242,6 +242,24 @@ def _pad_bytes(mask_pad: Tensor | None) -> Tensor | None:
     return None if mask_pad is None else mask_pad.contiguous().view(torch.uint8)
 
 
+def _inputs(U: Tensor, x: Tensor | None, v: Tensor, b: Tensor, mask_pad: Tensor | None,
+            dropout_mask: Tensor | None, K: int) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """x, v, b, the padding flags (as bytes) and the dropout mask as every kernel reads them: contiguous,
+    with U standing in for an absent one (x when K = 4; the kernel's K and HAS_* keep it unread)."""
+    return (
+        x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
+        _pad_bytes(mask_pad) if mask_pad is not None else U,
+        dropout_mask.contiguous() if dropout_mask is not None else U,
+    )
+
+
+def _flags(cfg: KernelConfig, D: int, K: int, mask_pad: Tensor | None, dropout_mask: Tensor | None,
+           **has) -> dict:
+    """The scan kernels' shared constexprs and launch options; ``has`` is the carried start's flag."""
+    return dict(D=D, K=K, **has, HAS_PAD=mask_pad is not None, HAS_M=dropout_mask is not None,
+                BLOCK_H=cfg.block_h, VEC=cfg.vec, num_warps=cfg.num_warps)
+
+
 def _fwd_into(
     U: Tensor, x: Tensor | None, v: Tensor, b: Tensor, initial_state: Tensor | None,
     mask_pad: Tensor | None, dropout_mask: Tensor | None, bidirectional: bool, scale_x: float,
@@ -259,16 +277,10 @@ def _fwd_into(
     cfg = cfg or kernel_config(B, D, H, U.device)
     U = U.contiguous()
     grid = (triton.cdiv(H, cfg.block_h), B, D)
-    args = (
-        U, x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
-        initial_state.contiguous() if initial_state is not None else c_last,
-        _pad_bytes(mask_pad) if mask_pad is not None else U,
-        dropout_mask.contiguous() if dropout_mask is not None else U,
-        h, c_last, c_saved if save_every > 0 else c_last,
-        L, B, H, float(scale_x),
-    )
-    flags = dict(D=D, K=K, HAS_C0=initial_state is not None, HAS_PAD=mask_pad is not None,
-                 HAS_M=dropout_mask is not None, BLOCK_H=cfg.block_h, VEC=cfg.vec, num_warps=cfg.num_warps)
+    x, v, b, pad, m = _inputs(U, x, v, b, mask_pad, dropout_mask, K)
+    c0 = initial_state.contiguous() if initial_state is not None else c_last
+    args = (U, x, v, b, c0, pad, m, h, c_last, c_saved if save_every > 0 else c_last, L, B, H, float(scale_x))
+    flags = _flags(cfg, D, K, mask_pad, dropout_mask, HAS_C0=initial_state is not None)
     with _on_device(U):
         if cfg.sched == "step" and save_every <= 1:
             _launch(_sru_fwd_step_kernel, grid, args, dict(SAVE=save_every == 1, STAGES=cfg.stages, **flags))
@@ -305,16 +317,11 @@ def _bwd_into(
     recompute = save_every > 1
     U = U.contiguous()
     grid = (triton.cdiv(H, cfg.block_h), B, D)
-    args = (
-        dh.contiguous(), dc_last.contiguous() if dc_last is not None else dc0, U,
-        x.contiguous() if K == 3 else U, v.contiguous(), b.contiguous(),
-        _pad_bytes(mask_pad) if mask_pad is not None else U,
-        dropout_mask.contiguous() if dropout_mask is not None else U,
-        c_saved, dU, dx if K == 3 else dU, dvb_partial, dc0,
-        L, B, H, float(scale_x),
-    )
-    flags = dict(D=D, K=K, HAS_DC=dc_last is not None, HAS_PAD=mask_pad is not None,
-                 HAS_M=dropout_mask is not None, BLOCK_H=cfg.block_h, VEC=cfg.vec, num_warps=cfg.num_warps)
+    x, v, b, pad, m = _inputs(U, x, v, b, mask_pad, dropout_mask, K)
+    dc_L = dc_last.contiguous() if dc_last is not None else dc0
+    args = (dh.contiguous(), dc_L, U, x, v, b, pad, m, c_saved, dU, dx if K == 3 else dU, dvb_partial, dc0,
+            L, B, H, float(scale_x))
+    flags = _flags(cfg, D, K, mask_pad, dropout_mask, HAS_DC=dc_last is not None)
     with _on_device(U):
         if cfg.sched == "step" and not recompute:
             _launch(_sru_bwd_step_kernel, grid, args, dict(STAGES=cfg.stages, **flags))
@@ -484,12 +491,8 @@ def _launch_step(U, x, v, b, c, c_out, h, mask_pad, dropout_mask, scale_x) -> No
         return
     K = U.shape[-1] // H
     block = _step_block(H, U.device)
-    args = (
-        U, x if K == 3 else U, v, b, c,
-        mask_pad.view(torch.uint8) if mask_pad is not None else U,
-        dropout_mask if dropout_mask is not None else U,
-        h, c_out, H, float(scale_x),
-    )
+    x, v, b, pad, m = _inputs(U, x, v, b, mask_pad, dropout_mask, K)
+    args = (U, x, v, b, c, pad, m, h, c_out, H, float(scale_x))
     meta = dict(K=K, HAS_PAD=mask_pad is not None, HAS_M=dropout_mask is not None, BLOCK_H=block,
                 num_warps=max(1, block // 128))
     with _on_device(U):

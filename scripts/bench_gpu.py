@@ -1,5 +1,7 @@
-"""GPU benchmark of the SRU recurrence: our Triton kernels against the bytes floor, the projection matmuls
-and cuDNN's LSTM; a sweep of kernel configs that prints the defaults table; one-token decoding.
+"""GPU benchmark of the SRU recurrence: our Triton kernels against the bytes floor, the projection matmuls,
+cuDNN's LSTM and the official `sru` 2.6.0 kernel and layer (built during the run from a patched copy of the
+installed package's source; skipped, with the reason in the report, without `sru` or when it does not
+build); a sweep of kernel configs that prints the defaults table; one-token decoding.
 ``sru_lm.bench.gpu`` holds the method.
 
     python scripts/bench_gpu.py --out benchmarks/bench_gpu_h200.md      # checks, sweep, timings, decode
@@ -24,6 +26,7 @@ def main() -> int:
     p.add_argument("--dtypes", default="fp32,bf16", help="comma-separated, of fp32 and bf16")
     p.add_argument("--no-sweep", action="store_true", help="time the defaults table only")
     p.add_argument("--no-decode", action="store_true", help="skip the one-token decode table")
+    p.add_argument("--no-official", action="store_true", help="skip building and timing the official sru")
     p.add_argument("--dry-run", action="store_true", help="CPU under TRITON_INTERPRET=1 at 12x2x40: the logic")
     args = p.parse_args()
     if args.dry_run and os.environ.get("TRITON_INTERPRET") != "1":  # must be set before triton is imported
@@ -41,7 +44,8 @@ def main() -> int:
         return 2
     with triton_aot.watch() as compiles:
         report, ok = gpu.run(sizes, dtypes, "cpu" if args.dry_run else "cuda", do_sweep=not args.no_sweep,
-                             decode=not args.no_decode, log=lambda s: print(s, flush=True))
+                             decode=not args.no_decode, official=not args.no_official,
+                             log=lambda s: print(s, flush=True))
     report += "\n" + compiles.summary() + "\n"
     print(report)
     if args.out:

@@ -16,7 +16,8 @@
   image's Triton 3.6.0 (``scripts/triton_aot.py``, about 10 minutes on 2 cores; rebuilt here only when
   ``sru_lm/ops/triton_kernels.py`` changed since, or with ``--only triton``).
 - ``.whl``: wheels of the pinned versions the device image lacks (:data:`WHEELS`; the image has transformers
-  5.17.0, datasets none), for its Python 3.12.
+  5.17.0, datasets none, sru none), for its Python 3.12. ``sru`` 2.6.0 (24 KB, its C++/CUDA source inside)
+  is the official peer of ``scripts/bench_gpu.py``, which builds its kernel there from a patched copy.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sru_lm.tasks.qa_data import featurize
 from sru_lm.tasks.vectors import load_glove
 
 OUT = Path(".gpu")
-WHEELS = ["transformers==5.24.0", "datasets==5.2.0"]
+WHEELS = ["transformers==5.24.0", "datasets==5.2.0", "sru==2.6.0"]
 PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64", "manylinux2014_x86_64",
              "any"]
 TRAVEL_LIMIT = 64 * 2**20  # the device tool's limit on what travels

@@ -8,15 +8,25 @@ kernel variant a run will launch, for ``scripts/triton_aot.py`` to compile ahead
 Method: correctness first (forward and every gradient against the reference, all options on); then
 median milliseconds of ``triton.testing.do_bench`` (wall-clock medians on CPU). The floor of a pass is
 the time of a device copy moving as many bytes (read + written). Peers: the projection ``x @ W`` alone
-(the matmul the layer cannot avoid), ``torch.nn.LSTM`` (cuDNN), ``nn.LSTMCell`` for a decode step.
+(the matmul the layer cannot avoid), ``torch.nn.LSTM`` (cuDNN), ``nn.LSTMCell`` for a decode step, and the
+official ``sru`` 2.6.0 CUDA kernel and layer (:class:`OfficialSRU`), built during the run from a patched
+private copy of the installed package's source and skipped, with the reason in the report, when ``sru`` is
+missing or does not build.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import importlib.util
+import re
 import statistics
+import sys
+import tempfile
+import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -265,6 +275,138 @@ def capture(fn: Callable) -> torch.cuda.CUDAGraph:
 
 
 # ------------------------------------------------------------------------------------------------------
+# The official sru 2.6.0 kernel, built from a patched private copy
+# ------------------------------------------------------------------------------------------------------
+
+OFFICIAL_SOURCES = ("sru_cuda_impl.cpp", "sru_cuda_kernel.cu", "sru_cpu_impl.cpp")
+
+
+def patch_official_source(text: str) -> str:
+    """The official C++/CUDA source with the ``Tensor.type()`` calls that torch >= 2.10 removed replaced by
+    ``scalar_type()`` (``AT_DISPATCH`` takes a scalar type; ``is_cuda()`` is on the tensor itself)."""
+    text = text.replace(".type().is_cuda()", ".is_cuda()")
+    text = text.replace(".type().scalarType()", ".scalar_type()")
+    return re.sub(r"\.type\(\)", ".scalar_type()", text)
+
+
+class OfficialSRU:
+    """The official ``sru`` package with its CUDA kernel built from a patched private copy of its sources.
+
+    :meth:`start` compiles in a background thread (the run's checks go on meanwhile); :meth:`ready` waits
+    for it and imports ``sru`` with its own unpatched import-time build turned off (the ops are registered
+    already). ``sru`` holds the module once ready; ``error`` says why it is not, for the report."""
+
+    def __init__(self, error: str = ""):
+        self.sru = None
+        self.error = error
+        self._thread: threading.Thread | None = None
+        self._waited = False
+
+    @classmethod
+    def start(cls) -> OfficialSRU:
+        peer = cls()
+        if "sru" in sys.modules:  # its import-time build registered the ops already (or a stub)
+            peer.error = "sru was imported before its patched build: not timed"
+        elif importlib.util.find_spec("sru") is None:
+            peer.error = "sru is not installed (pip install sru==2.6.0; .whl carries it to the device)"
+        else:
+            peer._thread = threading.Thread(target=peer._build, daemon=True)
+            peer._thread.start()
+        return peer
+
+    def _build(self) -> None:
+        try:
+            from torch.utils import cpp_extension
+
+            src = Path(importlib.util.find_spec("sru").origin).parent / "csrc"
+            tmp = Path(tempfile.mkdtemp(prefix="sru_official_"))
+            for name in OFFICIAL_SOURCES:
+                (tmp / name).write_text(patch_official_source((src / name).read_text()))
+            cpp_extension.load(name="sru_official_patched", sources=[str(tmp / n) for n in OFFICIAL_SOURCES],
+                               build_directory=str(tmp), extra_cflags=["-O3"], extra_cuda_cflags=["-O3"],
+                               is_python_module=False, verbose=False)
+        except Exception as e:  # noqa: BLE001 - a peer that does not build is a note in the report
+            self.error = f"build failed: {type(e).__name__}: {_reason(e)}"
+
+    def ready(self, timeout: float = 90.0) -> bool:
+        """Whether the official package can be timed; waits up to ``timeout`` s for the build, once."""
+        if self._thread is not None and not self._waited:
+            self._waited = True
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                self.error = f"build not finished after waiting {timeout:.0f} s: not timed"
+            elif not self.error:
+                self._import()
+        return self.sru is not None
+
+    def _import(self) -> None:
+        from torch.utils import cpp_extension
+
+        real_load = cpp_extension.load
+        cpp_extension.load = lambda *a, **k: None  # sru's modules build their unpatched sources at import
+        try:
+            import sru
+
+            self.sru = sru
+        except Exception as e:  # noqa: BLE001
+            self.error = f"import failed: {type(e).__name__}: {_reason(e)}"
+        finally:
+            cpp_extension.load = real_load
+
+
+def _reason(e: Exception) -> str:
+    """One line of an exception: the first compiler ``error:`` line of a failed build, else the last line."""
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    errors = [line for line in lines if "error:" in line.lower()]
+    return (errors or lines or [""])[0 if errors else -1][:200]
+
+
+def time_official(L: int, B: int, d: int, dtype: torch.dtype, device, sru) -> dict[str, float]:
+    """The official kernel alone (``sru_forward_simple``, fp32: it has no bf16), checked against ours on its
+    interleaved (L, B, d, 3) layout; the official ``SRUCell`` fwd and fwd+bwd, fp32 or (for bf16) amp fp16."""
+    r: dict[str, float] = {}
+    U = torch.randn(L, B, 3 * d, device=device)
+    x = torch.randn(L, B, d, device=device)
+    wc, bias = torch.rand(2 * d, device=device) - 0.5, torch.zeros(2 * d, device=device)
+    c0 = torch.zeros(B, d, device=device)
+    op = torch.ops.sru_cuda.sru_forward_simple
+    r["official kernel fwd (fp32)"] = bench(lambda: op(U, x, wc, bias, c0, None, None, L, B, d), device)
+    h_off = op(U, x, wc, bias, c0, None, None, L, B, d)[0]
+    U_ours = U.view(L, B, d, 3).permute(0, 1, 3, 2).reshape(L, B, 3 * d)  # (L, B, 3d), gates blocked
+    with torch.no_grad():
+        h_ours, _ = tb.sru_recurrence_triton(U_ours, x, wc.view(1, 2, d), bias.view(1, 2, d),
+                                             None, None, None, False, 1.0)
+    r["official vs ours max |h diff|"] = (h_off - h_ours).abs().max().item()
+
+    amp = dtype != torch.float32
+    tag = "amp fp16" if amp else "fp32"
+    cell = sru.SRUCell(d, d, amp_recurrence_fp16=amp).to(device)
+    # amp: fp16 input, as its highway term must match the fp16 U inside the official kernel
+    xin = torch.randn(L, B, d, device=device, dtype=torch.float16 if amp else torch.float32).requires_grad_()
+    gh = torch.randn(L, B, d, device=device)
+    ctx = (lambda: torch.autocast("cuda", dtype=torch.float16)) if amp else contextlib.nullcontext
+
+    def fwd_bwd():
+        with ctx():
+            h, _ = cell(xin)
+        torch.autograd.backward(h, gh.to(h.dtype))
+
+    with torch.no_grad(), ctx():
+        r[f"official layer fwd ({tag})"] = bench(lambda: cell(xin), device)
+    r[f"official layer fwd+bwd ({tag})"] = bench(fwd_bwd, device, grads=[xin, *cell.parameters()])
+    return r
+
+
+def time_official_decode(d: int, B: int, device, sru) -> dict[str, float]:
+    """One token through the official ``SRUCell`` (fp32; its inference path for L = 1)."""
+    cell = sru.SRUCell(d, d).to(device).eval()
+    x, c0 = torch.randn(B, d, device=device), torch.zeros(B, d, device=device)
+    with torch.no_grad():
+        return {"official sru layer step (fp32), eager": bench(lambda: cell(x, c0), device)}
+
+
+
+# ------------------------------------------------------------------------------------------------------
 # Kernel variants a run launches (for ahead-of-time compilation)
 # ------------------------------------------------------------------------------------------------------
 
@@ -301,9 +443,11 @@ def fmt(ms: float | None, ref: float | None = None) -> str:
     return s + (f" ({ms / ref:.2f}x floor)" if ref else "")
 
 
-ROWS = ["floor fwd", "ours fwd", "floor fwd+bwd", "ours fwd+bwd", "projection fwd", "projection fwd+bwd",
-        "our layer fwd", "our layer fwd+bwd", "cuDNN LSTM fwd", "cuDNN LSTM fwd+bwd"]
-FLOOR_OF = {"ours fwd": "floor fwd", "ours fwd+bwd": "floor fwd+bwd"}
+ROWS = ["floor fwd", "ours fwd", "official kernel fwd (fp32)", "floor fwd+bwd", "ours fwd+bwd", "projection fwd",
+        "projection fwd+bwd", "our layer fwd", "our layer fwd+bwd", "official layer fwd (fp32)",
+        "official layer fwd+bwd (fp32)", "official layer fwd (amp fp16)", "official layer fwd+bwd (amp fp16)",
+        "cuDNN LSTM fwd", "cuDNN LSTM fwd+bwd"]
+FLOOR_OF = {"ours fwd": "floor fwd", "ours fwd+bwd": "floor fwd+bwd", "official kernel fwd (fp32)": "floor fwd"}
 
 
 def cfg_str(cfg: tb.KernelConfig | None) -> str:
@@ -327,8 +471,46 @@ def defaults_table(choice: dict[str, tb.KernelConfig]) -> str:
     return "\n".join(lines + ["}"])
 
 
-def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: float, decode_d: int = DECODE[0]) -> str:
-    """Markdown: machine, date, command, the timing table, the goals' ratios, the sweep and the defaults."""
+def official_layer(r: dict[str, float]) -> tuple[str, float | None]:
+    """The official layer fwd+bwd that one column compares against: amp fp16 if timed (the bf16 columns),
+    else fp32."""
+    for tag in ("amp fp16", "fp32"):
+        if f"official layer fwd+bwd ({tag})" in r:
+            return tag, r[f"official layer fwd+bwd ({tag})"]
+    return "", None
+
+
+def ratio(ours: float | None, theirs: float | None) -> str:
+    """``ours / theirs``, with how many times faster ours is; '-' when either is missing."""
+    if not ours or not theirs:
+        return "-"
+    return f"{ours / theirs:.2f} ({theirs / ours:.1f}x faster)" if ours <= theirs else f"{ours / theirs:.2f} (slower)"
+
+
+def official_table(results: dict, note: str = "") -> list[str]:
+    """Ours against the official ``sru`` 2.6.0 at each column, measured in this run: the recurrence forward
+    against its kernel forward (fp32, its only fast dtype), one layer fwd+bwd against its layer (amp fp16 in
+    the bf16 columns, fp32 in the fp32 ones), the ratios ours/official, and how far its h is from ours."""
+    out = ["", "Against the official `sru` 2.6.0, same run (ms; ours/official, below 1 is faster):", "",
+           "| size | ours fwd | official kernel fwd (fp32) | ours/official | our layer fwd+bwd | "
+           "official layer fwd+bwd | ours/official | official vs ours max abs h diff |", "|" + "---|" * 8]
+    for (L, B, d), dt in results:
+        r = results[((L, B, d), dt)]
+        tag, lay = official_layer(r)
+        diff = r.get("official vs ours max |h diff|")
+        out.append(f"| L={L} B={B} d={d} {dt} | {fmt(r.get('ours fwd'))} | {fmt(r.get('official kernel fwd (fp32)'))}"
+                   f" | {ratio(r.get('ours fwd'), r.get('official kernel fwd (fp32)'))}"
+                   f" | {fmt(r.get('our layer fwd+bwd'))} | {fmt(lay)}{f' ({tag})' if tag else ''}"
+                   f" | {ratio(r.get('our layer fwd+bwd'), lay)} | {'-' if diff is None else f'{diff:.1e}'} |")
+    if note:
+        out += ["", f"Official sru: {note}"]
+    return out
+
+
+def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: float, decode_d: int = DECODE[0],
+           official_note: str = "") -> str:
+    """Markdown: machine, date, command, the timing table, the goals' ratios, ours against the official
+    ``sru`` (a column of '-' and ``official_note`` when it was not timed), the sweep and the defaults."""
     cols = list(results)
     out = [f"# SRU recurrence on the GPU ({now()})", "", f"- machine: {machine_description()}",
            f"- command: `{command_line()}` ({seconds:.0f} s)",
@@ -348,6 +530,9 @@ def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: flo
         parts = []
         if r.get("ours fwd") and r.get("floor fwd"):
             parts.append(f"recurrence fwd {r['ours fwd'] / r['floor fwd']:.2f}x floor (goal <= 1.5x)")
+        if r.get("ours fwd") and r.get("official kernel fwd (fp32)"):
+            parts.append(f"{r['official kernel fwd (fp32)'] / r['ours fwd']:.1f}x faster than the official kernel "
+                         "(goal >= 3x)")
         if r.get("ours fwd+bwd") and r.get("floor fwd+bwd"):
             parts.append(f"fwd+bwd {r['ours fwd+bwd'] / r['floor fwd+bwd']:.2f}x floor (goal <= 2x)")
         lay = r.get("our layer fwd+bwd")
@@ -356,7 +541,11 @@ def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: flo
                          "(matmuls + floor) (goal <= 1.3x in bf16)")
         if lay and r.get("cuDNN LSTM fwd+bwd"):
             parts.append(f"{r['cuDNN LSTM fwd+bwd'] / lay:.1f}x faster than cuDNN LSTM (goal >= 15x in bf16)")
+        tag, official_lay = official_layer(r)
+        if lay and official_lay:
+            parts.append(f"{official_lay / lay:.1f}x faster than the official layer ({tag})")
         out.append(f"- L={k[0][0]} B={k[0][1]} d={k[0][2]} {k[1]}: " + ("; ".join(parts) or "-"))
+    out += official_table(results, official_note)
     if decode:
         batches = sorted({B for _, B in decode})
         out += ["", f"Decode, one token, d={decode_d}, bf16 (ms):", "",
@@ -380,10 +569,18 @@ def report(results: dict, checks: dict, sweeps: dict, decode: dict, seconds: flo
     return "\n".join(out) + "\n"
 
 
-def run(sizes=SIZES, dtypes=DTYPES, device=None, do_sweep=True, decode=True, log=print) -> tuple[str, bool]:
-    """Checks, sweep, timings and decode at these sizes; returns (markdown report, all checks passed)."""
+def run(sizes=SIZES, dtypes=DTYPES, device=None, do_sweep=True, decode=True, official=True,
+        log=print) -> tuple[str, bool]:
+    """Checks, sweep, timings and decode at these sizes, the official ``sru`` beside ours when ``official``
+    (CUDA only); returns (markdown report, all checks passed)."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t0 = time.time()
+    if not official:
+        peer = OfficialSRU("not asked for (--no-official)")
+    elif device.type != "cuda":
+        peer = OfficialSRU("its kernel needs a CUDA device")
+    else:
+        peer = OfficialSRU.start()  # compiles while the checks and the sweep run
     checks, ok = {}, True
     for L, B, d in sizes:
         for dt, dtype in dtypes.items():
@@ -396,11 +593,22 @@ def run(sizes=SIZES, dtypes=DTYPES, device=None, do_sweep=True, decode=True, log
         for dt, dtype in dtypes.items():
             if do_sweep:
                 sweeps[((L, B, d), dt)] = sweep(L, B, d, dtype, device, sweep_grid())
-            results[((L, B, d), dt)] = time_size(L, B, d, dtype, device)
+            results[((L, B, d), dt)] = r = time_size(L, B, d, dtype, device)
+            if peer.ready():
+                try:
+                    r.update(time_official(L, B, d, dtype, device, peer.sru))
+                except Exception as e:  # noqa: BLE001 - a peer that fails is a note, never the end of the run
+                    peer.error = f"timing failed at L={L} B={B} d={d} {dt}: {type(e).__name__}: {_reason(e)}"
+                    peer.sru = None
             log(f"timed L={L} B={B} d={d} {dt} ({time.time() - t0:.0f} s)")
+    if peer.error:
+        log(f"official sru: {peer.error}")
     dec = {}
     d, batches = DECODE if device.type == "cuda" else (sizes[0][2], (1, 2))
     for B in batches if decode else ():
         layers = STACK_LAYERS if device.type == "cuda" else 2
         dec.update({(name, B): ms for name, ms in time_decode(d, B, device, layers).items()})
-    return report(results, checks, sweeps, dec, time.time() - t0, d), ok
+        if peer.ready():
+            with contextlib.suppress(Exception):  # the sequence timings above already vouch for the build
+                dec.update({(name, B): ms for name, ms in time_official_decode(d, B, device, peer.sru).items()})
+    return report(results, checks, sweeps, dec, time.time() - t0, d, official_note=peer.error), ok

@@ -130,3 +130,82 @@ def test_model_bench_tables_and_kernels_at_a_tiny_size():
     kernels = {r["kernel"] for r in recs}
     assert {"_sru_fwd_kernel", "_sru_bwd_kernel", "_sru_step_kernel"} <= kernels
     assert {r["args"][0][1] for r in recs if r["kernel"] == "_sru_step_kernel"} == {"torch.bfloat16"}
+
+
+def test_official_source_patch_removes_every_type_call():
+    """torch >= 2.10 has no ``Tensor.type()``: the official sources get ``scalar_type()`` / ``is_cuda()``, the
+    rest untouched; on the installed package's own sources when ``sru`` is there."""
+    text = ('AT_ASSERTM(x.type().is_cuda(), "cuda");\nAT_ASSERTM(x.type().scalarType() == at::kFloat, "f");\n'
+            'AT_DISPATCH_FLOATING_TYPES_AND_HALF(U.type(), "fwd", ([&] { run(); }));\nint type = 3;\n')
+    assert gpu.patch_official_source(text) == (
+        'AT_ASSERTM(x.is_cuda(), "cuda");\nAT_ASSERTM(x.scalar_type() == at::kFloat, "f");\n'
+        'AT_DISPATCH_FLOATING_TYPES_AND_HALF(U.scalar_type(), "fwd", ([&] { run(); }));\nint type = 3;\n')
+    import importlib.util
+
+    spec = importlib.util.find_spec("sru")
+    if spec is None:
+        pytest.skip("sru is not installed: only the sample text was checked")
+    csrc = Path(spec.origin).parent / "csrc"
+    for name in gpu.OFFICIAL_SOURCES:
+        text = (csrc / name).read_text()
+        patched = gpu.patch_official_source(text)
+        assert ".type()" in text and ".type()" not in patched, name
+
+
+def test_official_peer_is_skipped_with_its_reason(monkeypatch):
+    """No ``sru`` installed: nothing is built, ``ready()`` is False and the reason is kept for the report."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.delitem(sys.modules, "sru", raising=False)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "sru" else real(name, *a))
+    peer = gpu.OfficialSRU.start()
+    assert not peer.ready() and peer.sru is None and "not installed" in peer.error
+
+
+def _results(official: bool) -> dict:
+    r = {"floor fwd": 0.1, "ours fwd": 0.2, "floor fwd+bwd": 0.3, "ours fwd+bwd": 0.5, "projection fwd+bwd": 1.0,
+         "our layer fwd+bwd": 2.0}
+    fp32, bf16 = dict(r), dict(r)
+    if official:
+        fp32 |= {"official kernel fwd (fp32)": 0.8, "official layer fwd+bwd (fp32)": 8.0,
+                 "official vs ours max |h diff|": 3e-7}
+        bf16 |= {"official kernel fwd (fp32)": 0.8, "official layer fwd+bwd (amp fp16)": 4.0,
+                 "official vs ours max |h diff|": 2e-7}
+    return {((8, 2, 16), "fp32"): fp32, ((8, 2, 16), "bf16"): bf16}
+
+
+def _official_rows(text: str) -> list[list[str]]:
+    start = text.index("Against the official `sru`")
+    rows = [line for line in text[start:].splitlines() if line.startswith("| L=")]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in rows]
+
+
+def test_report_puts_ours_beside_the_official_sru():
+    checks = {k: "ok 0.0e+00" for k in _results(True)}
+    text = gpu.report(_results(True), checks, {}, {}, 1.0)
+    rows = _official_rows(text)
+    assert rows[0] == ["L=8 B=2 d=16 fp32", "0.200", "0.800", "0.25 (4.0x faster)", "2.000", "8.000 (fp32)",
+                       "0.25 (4.0x faster)", "3.0e-07"]
+    assert rows[1][5:7] == ["4.000 (amp fp16)", "0.50 (2.0x faster)"]  # bf16 against the official amp fp16
+    assert "| official kernel fwd (fp32) | 0.800 (8.00x floor) |" in text
+    assert "4.0x faster than the official kernel (goal >= 3x)" in text
+    assert "2.0x faster than the official layer (amp fp16)" in text
+    assert "Official sru:" not in text
+
+
+def test_report_without_the_official_sru_has_dashes_and_the_reason():
+    checks = {k: "ok 0.0e+00" for k in _results(False)}
+    text = gpu.report(_results(False), checks, {}, {}, 1.0, official_note="sru is not installed")
+    for row in _official_rows(text):
+        assert row[2:4] == ["-", "-"] and row[5:8] == ["-", "-", "-"] and row[1] == "0.200"
+    assert "Official sru: sru is not installed" in text
+    assert "official kernel fwd" not in text.split("Against the official")[0]  # no empty rows in the main table
+    assert "faster than the official" not in text
+
+
+def test_dry_run_reports_why_the_official_sru_was_not_timed():
+    """The CPU run goes through the official peer's path and skips it with a reason (no CUDA)."""
+    text, ok = gpu.run([(6, 2, 16)], {"fp32": torch.float32}, "cpu", do_sweep=False, decode=False, log=lambda s: None)
+    assert ok and "Official sru: its kernel needs a CUDA device" in text
+    assert _official_rows(text)[0][2] == "-"

@@ -186,6 +186,8 @@ def test_accelerate_launch_two_cpu_processes(corpus_dir, tmp_path):
     assert result["processes"] == 2 and result["step"] == 4
     assert result["tokens"] == 4 * 2 * 16 * 2  # steps x rows x tokens x processes
     assert (tmp_path / "out" / "model" / "model.safetensors").exists()
+    # every backward returns gradients laid out like their parameters, so DDP copies none into its buckets
+    assert "Grad strides do not match bucket view" not in run.stderr, run.stderr[-3000:]
 
 
 def test_word_level_pipeline_trains_and_caches_its_tokenizer(corpus_dir, tmp_path):

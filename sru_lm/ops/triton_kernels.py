@@ -151,8 +151,8 @@ def _prologue(p_v, p_b, p_carry, p_m, H, D: tl.constexpr, HAS_CARRY: tl.constexp
               BLOCK_H: tl.constexpr, VEC: tl.constexpr):
     """What a scan program loads once: its units, v and b, the carried value's start (c_0 forward,
     dc_L backward; zeros without HAS_CARRY) and the dropout mask (a placeholder without HAS_M)."""
-    i_b, i_d = tl.program_id(1), tl.program_id(2)
-    offs_h = tl.program_id(0) * BLOCK_H + tl.arange(0, BLOCK_H)
+    i_h, i_b, i_d = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    offs_h = i_h * BLOCK_H + tl.arange(0, BLOCK_H)
     offs_h = tl.max_contiguous(tl.multiple_of(offs_h, VEC), VEC)  # VEC units per thread
     mask_h = offs_h < H
     col = (i_b * D + i_d) * H + offs_h  # offset into (B, D*H) tensors

@@ -185,13 +185,15 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 
 
 def test_time_budget_stops_and_drives_the_schedule(tmp_path):
-    _, result = run(tmp_path, max_steps=None, max_minutes=0.02, checkpoint_every=0, output_dir=None)
-    assert result.stop_reason == "max_minutes" and result.train_seconds >= 1.2
-    lrs = [h["lr"] for h in result.history["train"]][3:]  # after the 3 warmup steps
-    # Time drives the cosine: the rate only falls, and by the last step it is far below the peak (1e-2). How far
-    # depends on how long the last step took (a loaded machine ends further from the floor), so no tighter bound.
-    assert all(b <= a for a, b in zip(lrs, lrs[1:]))
-    assert lrs[-1] < 0.6e-2
+    _, result = run(tmp_path, max_steps=None, max_minutes=0.04, checkpoint_every=0, output_dir=None)
+    assert result.stop_reason == "max_minutes" and result.train_seconds >= 2.4
+    lrs = [h["lr"] for h in result.history["train"]]
+    after_peak = lrs[lrs.index(max(lrs)):]
+    # Time drives the cosine: past its peak the rate only falls, and by the last step it is far below the peak
+    # (1e-2). How far depends on how long the last step took (a loaded machine ends further from the floor, and
+    # takes fewer steps), so no tighter bound.
+    assert len(after_peak) >= 2 and all(b <= a for a, b in zip(after_peak, after_peak[1:]))
+    assert after_peak[-1] < 0.6e-2
 
 
 def test_lr_schedule_shape():

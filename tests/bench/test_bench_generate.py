@@ -19,15 +19,6 @@ def cells(line: str) -> list[str]:
     return [c.strip() for c in line.strip().strip("|").split("|")]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny sizes gain nothing from threads, and on a loaded machine 2 threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def tiny_models():
     torch.manual_seed(0)

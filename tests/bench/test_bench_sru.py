@@ -4,22 +4,12 @@ ratios of the measured times (never the times themselves)."""
 from __future__ import annotations
 
 import pytest
-import torch
 
 from sru_lm.bench import sru as bench
 
 TINY = dict(L=8, B=2, d=8)
 HEADER = ["model", "inference ms", "x floor", "x LSTM", "x sru", "fwd+bwd ms", "x floor", "x LSTM", "x sru",
           "decode us", "x LSTM", "x sru"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny sizes gain nothing from threads, and on a loaded machine 2 threads wait on each other."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def rows(table: str) -> dict[str, list[str]]:

@@ -19,6 +19,17 @@ def tiny_config(**overrides) -> SRULMConfig:
     return SRULMConfig(**kw)
 
 
+def left_pad(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists of different lengths -> left-padded ``input_ids`` (pad 0) and ``attention_mask``, (B, L)."""
+    L = max(map(len, prompts))
+    ids = torch.zeros(len(prompts), L, dtype=torch.long)
+    mask = torch.zeros(len(prompts), L, dtype=torch.long)
+    for i, p in enumerate(prompts):
+        ids[i, L - len(p):] = torch.tensor(p)
+        mask[i, L - len(p):] = 1
+    return ids, mask
+
+
 def randomize(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
     """Move every parameter away from its init (alpha = 0 would switch attention off, biases start at 0,
     LayerNorms at identity), so a test fails when any of them is ignored or misused."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
-from conftest import VOCAB, randomize, tiny_config
+from conftest import VOCAB, left_pad, randomize, tiny_config
 from transformers import CompileConfig
 from transformers.generation.streamers import BaseStreamer
 
@@ -41,16 +41,6 @@ def _compile_config(backend: str = "aot_eager", **kw) -> CompileConfig:
     config = CompileConfig(backend=backend, **kw)
     config._compile_all_devices = True  # compile on CPU too
     return config
-
-
-def _left_pad(prompts):
-    L = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), L, dtype=torch.long)
-    mask = torch.zeros(len(prompts), L, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p)
-        mask[i, L - len(p):] = 1
-    return ids, mask
 
 
 def _generate(model, ids, mask=None, compiled=False, seed=None, **kw):
@@ -106,7 +96,7 @@ class _StepSpy:
 def test_static_decoding_steps_the_cache_state_in_place(model, monkeypatch, case):
     """Eager decoding over a static cache runs the in-place step on each layer's own ``c`` (the copying step never
     runs) and gives the tokens of the dynamic cache, whose steps return a new state."""
-    ids, mask = (torch.tensor([PROMPTS[0]]), None) if case == "greedy" else _left_pad(PROMPTS)
+    ids, mask = (torch.tensor([PROMPTS[0]]), None) if case == "greedy" else left_pad(PROMPTS)
     kw = dict(do_sample=True, top_k=20, num_return_sequences=2, seed=7) if case == "sampling" else {}
     dynamic = _generate(model, ids, mask, **kw)
     spy = _StepSpy(monkeypatch)
@@ -134,13 +124,13 @@ def test_compiled_greedy_equals_eager_without_recompiling(model, monkeypatch):
 
 
 def test_compiled_left_padded_batch_equals_eager(model):
-    ids, mask = _left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS)
     eager = _generate(model, ids, mask)
     torch.testing.assert_close(_generate(model, ids, mask, compiled=True), eager, rtol=0, atol=0)
 
 
 def test_compiled_sampling_with_a_seed_equals_eager(model):
-    ids, mask = _left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS)
     kw = dict(do_sample=True, top_k=20, num_return_sequences=2, seed=7)
     eager = _generate(model, ids, mask, **kw)
     torch.testing.assert_close(_generate(model, ids, mask, compiled=True, **kw), eager, rtol=0, atol=0)
@@ -149,7 +139,7 @@ def test_compiled_sampling_with_a_seed_equals_eager(model):
 def test_beam_search_over_the_static_cache_equals_eager(model):
     """transformers 5.x runs beam search's forward eagerly even with a compile config; what is tested here is
     the static cache under beams: reordered in place, the same beams as the dynamic cache."""
-    ids, mask = _left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS)
     kw = dict(num_beams=3, num_return_sequences=3, max_new_tokens=6)
     eager = _generate(model, ids, mask, **kw)
     out = _generate(model, ids, mask, compiled=True, return_dict_in_generate=True, **kw)
@@ -159,7 +149,7 @@ def test_beam_search_over_the_static_cache_equals_eager(model):
 
 def test_cache_implementation_static_compiles_with_inductor(model, monkeypatch):
     """What a user writes: cache_implementation="static" plus a compile config, inductor (C++ on CPU)."""
-    ids, mask = _left_pad(PROMPTS[:2])
+    ids, mask = left_pad(PROMPTS[:2])
     counter = _Counter(model, monkeypatch)
     eager = _generate(model, ids, mask, max_new_tokens=5)
     compiled = _generate(model, ids, mask, max_new_tokens=5, cache_implementation="static",
@@ -232,7 +222,7 @@ def test_cuda_graph_decoding_equals_eager(model):
     replay only while every buffer keeps its address: the tokens must still be eager's."""
     gpu = model.to("cuda")
     try:
-        ids, mask = _left_pad(PROMPTS)
+        ids, mask = left_pad(PROMPTS)
         ids, mask = ids.cuda(), mask.cuda()
         eager = _generate(gpu, ids, mask, max_new_tokens=12)
         config = CompileConfig()  # mode="reduce-overhead": CUDA graphs

@@ -7,7 +7,7 @@ import copy
 
 import pytest
 import torch
-from conftest import VOCAB, randomize, tiny_config
+from conftest import VOCAB, left_pad, randomize, tiny_config
 
 from sru_lm import SRULMCache, SRULMForCausalLM
 
@@ -30,16 +30,6 @@ def _gen(model, ids, mask=None, **kw):
 PROMPTS = [[5, 9, 13, 2, 7, 30], [41, 3], [17, 18, 19, 20]]
 
 
-def _left_pad(prompts):
-    L = max(map(len, prompts))
-    ids = torch.zeros(len(prompts), L, dtype=torch.long)
-    mask = torch.zeros(len(prompts), L, dtype=torch.long)
-    for i, p in enumerate(prompts):
-        ids[i, L - len(p):] = torch.tensor(p)
-        mask[i, L - len(p):] = 1
-    return ids, mask
-
-
 def test_greedy_with_cache_equals_without(model):
     ids = torch.tensor([PROMPTS[0]])
     with_cache = _gen(model, ids, max_new_tokens=12)
@@ -54,7 +44,7 @@ def test_generate_returns_the_sru_cache(model):
 
 
 def test_left_padded_batch_equals_each_prompt_alone(model):
-    ids, mask = _left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS)
     batch = _gen(model, ids, mask)
     for i, p in enumerate(PROMPTS):
         alone = _gen(model, torch.tensor([p]))
@@ -63,7 +53,7 @@ def test_left_padded_batch_equals_each_prompt_alone(model):
 
 
 def test_sampling_with_cache_equals_without(model):
-    ids, mask = _left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS)
     torch.manual_seed(7)
     a = _gen(model, ids, mask, do_sample=True, top_k=20, num_return_sequences=2)
     torch.manual_seed(7)
@@ -86,7 +76,7 @@ def test_beam_search_reorders_the_cache(model, monkeypatch):
         return reorder(self, beam_idx)
 
     monkeypatch.setattr(SRULMCache, "reorder_cache", spy)
-    ids, mask = _left_pad(PROMPTS)
+    ids, mask = left_pad(PROMPTS)
     cached = _gen(model, ids, mask, num_beams=3, num_return_sequences=3, max_new_tokens=10)
     assert calls and any(not torch.equal(c, torch.arange(len(c))) for c in calls)  # beams really moved
     uncached = _gen(model, ids, mask, num_beams=3, num_return_sequences=3, max_new_tokens=10, use_cache=False)

@@ -56,6 +56,11 @@ class SRULMConfig(PreTrainedConfig):
             where a token is, nothing limits the context length and decoding does no per-step position
             work) or ``"rotary"`` (RoPE on the attention's query and key, for experiments).
         rope_theta: RoPE base when ``position_embedding_type="rotary"``.
+        attention_window: ``None`` (default): attention sees every earlier position. An int ``W``: sliding-window
+            (local) attention, a query at position ``q`` sees the keys at ``q - W + 1 .. q`` (``W`` tokens, itself
+            included; ``|q - k| < W`` for a ``bidirectional`` encoder), in training and in decoding alike. The
+            SRU state still carries the whole context, and the decoding cache keeps ``W`` keys/values per
+            attention layer in a ring buffer: its size is fixed at any length.
         bidirectional: encoder mode for classification/QA heads: a backward SRU direction and attention
             without the causal mask. Causal LM and caching need ``False``.
         tie_word_embeddings: share the LM head with the input embeddings.
@@ -92,6 +97,7 @@ class SRULMConfig(PreTrainedConfig):
     embedding_dropout: float = 0.0
     position_embedding_type: str = "none"
     rope_theta: float = 10000.0
+    attention_window: int | None = None
     bidirectional: bool = False
     tie_word_embeddings: bool = True
     initializer_range: float = 0.02
@@ -149,6 +155,9 @@ class SRULMConfig(PreTrainedConfig):
                 "bidirectional=True splits hidden_size between two directions, so it must be even, "
                 f"got {self.hidden_size}"
             )
+        window = self.attention_window
+        if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
+            raise ValueError(f"attention_window must be None (full attention) or an int >= 1, got {window!r}")
         for name in ("hidden_dropout", "attention_dropout", "embedding_dropout"):
             _check_rate(name, getattr(self, name))
         if not self.layer_norm_eps > 0:

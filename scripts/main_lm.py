@@ -27,6 +27,7 @@ from sru_lm.training.cli import (
     add_model_args,
     add_train_args,
     apply_threads,
+    lm_model_kwargs,
     lm_train_kwargs,
     train_config,
 )
@@ -62,10 +63,7 @@ def main() -> None:
     print(f"    {data.summary()}", flush=True)
 
     print(f"2/5 training for {args.max_minutes} minutes", flush=True)
-    model = build_sru_lm(
-        data.tokenizer, hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
-        projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
-    )
+    model = build_sru_lm(data.tokenizer, **lm_model_kwargs(args))
     trainer, result = train_language_model(model, data, train_config(args, str(out)), **lm_train_kwargs(args))
     model = trainer.unwrapped_model
 
@@ -77,8 +75,10 @@ def main() -> None:
     print("4/5 test-split evaluation", flush=True)
     test, nbytes = data.streams["test"], data.num_bytes["test"]
     sliding = evaluate_sliding(model, test, nbytes, context=args.eval_context, stride=args.eval_stride)
-    streaming = evaluate_streaming(model, test, nbytes, window=args.eval_context)
-    for name, s in (("sliding", sliding), ("streaming", streaming)):
+    streaming = evaluate_streaming(model, test, nbytes, window=args.eval_context)  # SRU state carried
+    cached = evaluate_streaming(model, test, nbytes, window=args.eval_context, carry="cache",
+                                progress=not args.no_progress)  # and attention keys/values
+    for name, s in (("sliding", sliding), ("streaming", streaming), ("cache", cached)):
         print(f"    test {name:9s}: loss {s.loss:.4f}  ppl {s.perplexity:.2f}  bits/byte {s.bits_per_byte:.4f}")
 
     print("5/5 sample", flush=True)
@@ -90,6 +90,7 @@ def main() -> None:
         "args": vars(args), "data": data.summary(), "parameters": model.num_parameters(),
         "steps": result.step, "tokens": result.tokens, "train_seconds": result.train_seconds,
         "validation": result.last_eval, "test_sliding": sliding.as_dict(), "test_streaming": streaming.as_dict(),
+        "test_streaming_cache": cached.as_dict(),
         "sample": sample, "total_seconds": total, "threads": torch.get_num_threads(),
     })
     print(f"done in {total / 60:.1f} minutes; model in {out / 'model'}")

@@ -25,6 +25,7 @@ from sru_lm.training.cli import (
     add_model_args,
     add_train_args,
     apply_threads,
+    lm_model_kwargs,
     lm_train_kwargs,
     train_config,
 )
@@ -59,11 +60,7 @@ def main() -> None:
         raise SystemExit("--task-words needs --tokenizer-type word")
     data = prepare_lm_data(args.data, paths=args.text_files, vocab_size=args.vocab_size, tokenizer=args.tokenizer,
                            cache=args.cache_dir, tokenizer_type=args.tokenizer_type, extra_words=extra)
-    model = build_sru_lm(
-        data.tokenizer, hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
-        projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
-        tie_word_embeddings=not args.untie_embeddings,
-    )
+    model = build_sru_lm(data.tokenizer, **lm_model_kwargs(args), tie_word_embeddings=not args.untie_embeddings)
     if args.init_vectors == "glove":
         hits = init_embeddings_from_vectors(model.get_input_embeddings(), data.tokenizer, glove,
                                             std=args.vector_std, seed=args.seed)

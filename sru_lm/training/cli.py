@@ -10,6 +10,7 @@ import argparse
 import torch
 
 from ..bench.machine import command_line, machine_description, now  # noqa: F401 (re-exported)
+from .lm import EVAL_MODES
 from .trainer import TrainConfig
 
 
@@ -31,6 +32,16 @@ def add_model_args(p: argparse.ArgumentParser, hidden: int = 256, layers: int = 
     g.add_argument("--projection-size", type=int, default=None, help="d_proj (default hidden/4)")
     g.add_argument("--heads", type=int, default=1)
     g.add_argument("--dropout", type=float, default=0.0)
+    g.add_argument("--attention-window", type=int, default=None,
+                   help="sliding-window attention: a query sees the last W positions, in training and decoding "
+                        "(default: every earlier position)")
+
+
+def lm_model_kwargs(args: argparse.Namespace) -> dict:
+    """The ``build_sru_lm`` keywords the model flags set."""
+    return dict(hidden_size=args.hidden_size, num_layers=args.layers, attention_every=args.attention_every,
+                projection_size=args.projection_size, num_heads=args.heads, dropout=args.dropout,
+                attention_window=args.attention_window)
 
 
 # Peak learning rate of the default hybrid (d=256, 6 layers, 16 x 128-token batches): the best of
@@ -62,8 +73,9 @@ def add_train_args(p: argparse.ArgumentParser, minutes: float | None = None, lr:
     g.add_argument("--eval-every", type=int, default=0, help="validate every n optimizer steps")
     g.add_argument("--eval-every-minutes", type=float, default=1.0)
     g.add_argument("--val-tokens-per-book", type=int, default=16384, help="validation subset during training")
-    g.add_argument("--eval-mode", default="sliding", choices=["sliding", "streaming", "windows"],
-                   help="validation during training: sliding windows (stride half the window) or state carried/reset")
+    g.add_argument("--eval-mode", default="sliding", choices=list(EVAL_MODES),
+                   help="validation during training: sliding windows (stride half the window), or streaming with the "
+                        "SRU state carried, the whole cache carried, or nothing carried (windows)")
     g.add_argument("--checkpoint-every-minutes", type=float, default=2.0)
     g.add_argument("--resume", action=argparse.BooleanOptionalAction, default=True)
     g.add_argument("--seed", type=int, default=0)

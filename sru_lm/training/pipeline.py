@@ -171,8 +171,10 @@ def build_sru_lm(
     dropout: float = 0.0,
     highway_bias: float = -2.0,
     tie_word_embeddings: bool = True,
+    attention_window: int | None = None,
 ) -> nn.Module:
-    """A freshly initialized ``SRULMForCausalLM`` for ``tokenizer`` (see ``SRULMConfig`` for the fields)."""
+    """A freshly initialized ``SRULMForCausalLM`` for ``tokenizer`` (see ``SRULMConfig`` for the fields;
+    ``attention_window`` None is full attention, W a sliding window over the last W positions)."""
     from ..models import SRULMConfig, SRULMForCausalLM
 
     config = SRULMConfig(
@@ -185,6 +187,7 @@ def build_sru_lm(
         hidden_dropout=dropout,
         highway_bias=highway_bias,
         tie_word_embeddings=tie_word_embeddings,
+        attention_window=attention_window,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,

@@ -1,0 +1,366 @@
+"""Long generation: ms/token and cache memory sampled along one long ``generate()`` run, for SRU++ with
+sliding-window attention (``attention_window=W``), the same SRU++ with full attention, and a GPT-2 of the same
+parameter count class (issue 16: with a window, cache bytes and ms/token stay flat while GPT-2's grow).
+
+Each model generates N tokens greedily from a short random prompt in ONE ``generate()`` call (no EOS). A
+streamer (:class:`CheckpointSampler`) timestamps every token; when the k-th new token arrives for k in the
+checkpoints, it records the median ms/token of the ``block`` decode steps ending there, the bytes of the cache
+passed in as ``generate(..., cache=...)`` (an :class:`~sru_lm.models.SRULMCache` or a transformers
+``DynamicCache``) and how much the process RSS has grown since the call began. Random weights: speed and
+memory do not depend on training. The models run one after another, in table order.
+
+    python -m sru_lm.bench.long_generation --threads 1                  # CPU, ~1M parameters, ~10 minutes
+    python -m sru_lm.bench.long_generation --threads 1 --out benchmarks/bench_generate_long.md   # + .png
+    python -m sru_lm.bench.long_generation --size small --full-new-tokens 32768 --device cuda
+
+``--full-new-tokens`` caps the two full-attention models, whose step time grows with the length (GPT-2's
+``DynamicCache`` concatenates its keys/values every step); the windowed model always runs ``--new-tokens``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+import time
+from collections.abc import Callable
+
+import torch
+from transformers import DynamicCache
+
+from sru_lm.models import SRULMCache, SRULMForCausalLM
+
+from .generate import GPT2, SIZES, SRU, StepTimer, build_models, cache_bytes
+from .machine import command_line, machine_description, now
+
+# ~1M parameters each: per-token time is mostly per-layer overhead, so 32K tokens take minutes on one CPU
+# thread. GPT-2 is counted with its usual 1024 positions (the longer position table a run needs is extra).
+LONG_SIZES = {
+    "tiny": dict(
+        vocab=4096,
+        gpt2=dict(n_embd=128, n_layer=2, n_head=2),
+        sru=dict(hidden_size=192, num_hidden_layers=5, projection_size=48, num_attention_heads=1),
+    ),
+    **SIZES,
+}
+WINDOWED, FULL = "SRU++ windowed", "SRU++ full"
+MODELS = (WINDOWED, FULL, GPT2)
+CHECKPOINTS = (1024, 2048, 4096, 8192, 16384, 32768)
+GOAL = 0.10  # the windowed model's ms/token and cache bytes stay within 10% of their first checkpoint
+GPT2_POSITIONS = 1024
+
+
+def build_long_models(spec: dict, window: int, max_len: int, device: torch.device,
+                      dtype: torch.dtype) -> dict[str, torch.nn.Module]:
+    """``{WINDOWED, FULL, GPT2}`` for one entry of :data:`LONG_SIZES`: :func:`~sru_lm.bench.generate.build_models`
+    (GPT-2 with ``n_positions = max_len``) plus a copy of its SRU++ with ``attention_window=window`` and the same
+    weights."""
+    models = build_models(spec, max_len, device, dtype)
+    full = models[SRU]
+    config = copy.deepcopy(full.config)
+    config.attention_window = window
+    windowed = SRULMForCausalLM(config)
+    windowed.load_state_dict(full.state_dict())
+    windowed.to(device=device, dtype=dtype).eval()
+    windowed.generation_config = copy.deepcopy(full.generation_config)
+    return {WINDOWED: windowed, FULL: full, GPT2: models[GPT2]}
+
+
+def new_cache(model: torch.nn.Module):
+    """The cache ``generate()`` would build for ``model``, made here so the sampler can read it."""
+    if isinstance(model, SRULMForCausalLM):
+        return SRULMCache(model.config)
+    return DynamicCache(config=model.config)
+
+
+def rss_bytes() -> int | None:
+    """Resident set size of this process (Linux ``/proc``), None where it cannot be read."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+class CheckpointSampler(StepTimer):
+    """A ``generate()`` streamer: timestamps every token (``times[0]``: the prompt, ``times[k]``: the k-th new
+    token), in wall-clock and in process CPU time, and, when the k-th new token arrives for k in
+    ``checkpoints``, appends to ``rows`` ``{"tokens": k, "ms": median wall ms of decode steps
+    max(2, k - block + 1) .. k, "cpu_ms": the same in CPU time, "cache_mib": the cache's bytes, "rss_mib": RSS
+    growth since the sampler was made (None if unknown)}``. Step 1 (prefill) is never timed. At checkpoint k the
+    cache holds the prompt and k - 1 new tokens (the k-th is fed by the next step).
+
+    CPU time is what the process spent computing: on a shared machine it stays put while other processes
+    stretch the wall-clock steps."""
+
+    def __init__(self, cache, checkpoints, block: int, log: Callable[[dict], None] | None = None) -> None:
+        super().__init__()
+        self.cache, self.checkpoints, self.block, self.log = cache, set(checkpoints), block, log
+        self.cpu_times: list[float] = []
+        self.rows: list[dict] = []
+        self._rss0 = rss_bytes()
+
+    def put(self, value) -> None:
+        super().put(value)
+        self.cpu_times.append(time.process_time())
+        k = len(self.times) - 1
+        if k not in self.checkpoints:
+            return
+        rss = rss_bytes()
+        steps = range(max(2, k - self.block + 1), k + 1)
+        t, c = self.times, self.cpu_times
+        row = dict(
+            tokens=k,
+            ms=statistics.median(t[i] - t[i - 1] for i in steps) * 1e3,
+            cpu_ms=statistics.median(c[i] - c[i - 1] for i in steps) * 1e3,
+            cache_mib=cache_bytes(self.cache) / 2**20,
+            rss_mib=None if rss is None or self._rss0 is None else (rss - self._rss0) / 2**20,
+        )
+        self.rows.append(row)
+        if self.log is not None:
+            self.log(row)
+
+
+def sample_generation(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, checkpoints, block: int,
+                      log: Callable[[dict], None] | None = None) -> list[dict]:
+    """One greedy ``generate()`` of exactly ``new_tokens`` tokens after ``prompt`` (1, P); one row of
+    :class:`CheckpointSampler` per checkpoint <= ``new_tokens``, in order."""
+    if prompt.ndim != 2 or prompt.shape[0] != 1:
+        raise ValueError(f"prompt must be (1, P) token ids (a streamer takes one sequence), got {tuple(prompt.shape)}")
+    cache = new_cache(model)
+    sampler = CheckpointSampler(cache, [k for k in checkpoints if 2 <= k <= new_tokens], block, log)
+    model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
+                   streamer=sampler, cache=cache)
+    if cache.get_seq_length() != prompt.shape[1] + new_tokens - 1:  # generate() must have used our cache
+        raise RuntimeError(
+            f"the cache passed to generate() holds {cache.get_seq_length()} tokens, expected the prompt and all but "
+            f"the last new token ({prompt.shape[1] + new_tokens - 1}): generate() built its own"
+        )
+    return sampler.rows
+
+
+def flatness(rows: list[dict]) -> dict:
+    """Last checkpoint / first for wall ms/token, CPU ms/token and cache MiB (``ms_ratio``, ``cpu_ratio``,
+    ``mib_ratio``), and the largest ``|value / first - 1|`` over all checkpoints (``ms_dev``, ``cpu_dev``,
+    ``mib_dev``)."""
+    out = {}
+    for key, name in (("ms", "ms"), ("cpu_ms", "cpu"), ("cache_mib", "mib")):
+        first = rows[0][key]
+        out[f"{name}_ratio"] = rows[-1][key] / first
+        out[f"{name}_dev"] = max(abs(r[key] / first - 1) for r in rows)
+    return out
+
+
+def verdict(rows: list[dict], tolerance: float = GOAL) -> str:
+    """Whether CPU ms/token and cache bytes stay within ``tolerance`` of the first checkpoint at every checkpoint
+    (CPU time: wall-clock time on a shared machine also measures the other processes; it is reported beside)."""
+    f = flatness(rows)
+    span = f"from {rows[0]['tokens']} to {rows[-1]['tokens']} generated tokens"
+    within = (f"at every checkpoint CPU ms/token within {f['cpu_dev']:.1%} and cache within {f['mib_dev']:.1%} "
+              f"of the first (wall ms/token within {f['ms_dev']:.1%})")
+    ok = f["cpu_dev"] <= tolerance and f["mib_dev"] <= tolerance
+    return f"{'flat' if ok else 'NOT flat'} {span} (goal: {tolerance:.0%}): {within}"
+
+
+def _fmt(v: float | None, spec: str) -> str:
+    return "-" if v is None else format(v, spec)
+
+
+def table(results: dict[str, list[dict]]) -> list[str]:
+    """Markdown: one line per checkpoint, per model wall and CPU ms/token, cache MiB and RSS growth MiB ('-' past
+    a model's run), then the last/first ratios per model."""
+    names = list(results)
+    header = "| generated tokens | " + " | ".join(
+        f"{n} ms/token | {n} CPU ms/token | {n} cache MiB | {n} RSS +MiB" for n in names) + " |"
+    lines = [header, "|" + "---|" * (1 + 4 * len(names))]
+    tokens = sorted({r["tokens"] for rows in results.values() for r in rows})
+    for k in tokens:
+        cells = [str(k)]
+        for n in names:
+            r = next((r for r in results[n] if r["tokens"] == k), None)
+            cells += ["-"] * 4 if r is None else [
+                f"{r['ms']:.2f}", f"{r['cpu_ms']:.2f}", f"{r['cache_mib']:.3f}", _fmt(r["rss_mib"], ".1f")]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "| model | tokens | ms/token last/first | CPU ms/token last/first | cache last/first |",
+              "|---|---|---|---|---|"]
+    for n in names:
+        rows = results[n]
+        f = flatness(rows)
+        lines.append(f"| {n} | {rows[0]['tokens']} -> {rows[-1]['tokens']} | {f['ms_ratio']:.2f}x "
+                     f"| {f['cpu_ratio']:.2f}x | {f['mib_ratio']:.2f}x |")
+    return lines
+
+
+def plot(results: dict[str, list[dict]], path: str) -> bool:
+    """ms/token and cache MiB against generated tokens, one line per model, written to ``path``; False (and
+    nothing written) without matplotlib."""
+    try:
+        from matplotlib.figure import Figure
+    except ImportError:
+        return False
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    ax_ms, ax_mib = fig.subplots(1, 2)
+    for name, rows in results.items():
+        x = [r["tokens"] for r in rows]
+        line, = ax_ms.plot(x, [r["ms"] for r in rows], marker="o", label=name)
+        ax_ms.plot(x, [r["cpu_ms"] for r in rows], linestyle="--", color=line.get_color())
+        ax_mib.plot(x, [r["cache_mib"] for r in rows], marker="o", label=name)
+    ticks = sorted({r["tokens"] for rows in results.values() for r in rows})
+    labels = [f"{k // 1024}K" if k % 1024 == 0 else str(k) for k in ticks]
+    for ax, ylabel in ((ax_ms, "ms/token, median of the block (dashed: CPU time)"), (ax_mib, "cache MiB (allocated)")):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, labels)
+        ax.set_xlabel("generated tokens")
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend()
+    ax_mib.set_yscale("log")
+    fig.savefig(path, dpi=110)
+    return True
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options :func:`run` reads."""
+    parser.add_argument("--size", choices=sorted(LONG_SIZES), default="tiny")
+    parser.add_argument("--window", type=int, default=512, help="attention_window of the windowed SRU++")
+    parser.add_argument("--new-tokens", type=int, default=32768, help="tokens the windowed SRU++ generates")
+    parser.add_argument("--full-new-tokens", type=int, default=16384,
+                        help="tokens SRU++ full and GPT-2 generate (their step time grows; 0: --new-tokens)")
+    parser.add_argument("--checkpoints", type=int, nargs="+", default=list(CHECKPOINTS),
+                        help="generated-token counts at which to sample")
+    parser.add_argument("--block", type=int, default=128, help="decode steps whose median ms/token is reported")
+    parser.add_argument("--prompt", type=int, default=16, help="prompt length (random tokens)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: bf16 on CUDA, else fp32")
+    parser.add_argument("--threads", type=int, default=None, help="CPU threads (default: torch's choice)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the markdown report here, and the plot beside it (.png)")
+
+
+def _check_args(args: argparse.Namespace) -> dict[str, int]:
+    """Tokens per model; ValueError for arguments the run cannot use."""
+    for name in ("window", "new_tokens", "block", "prompt"):
+        if getattr(args, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.full_new_tokens < 0:
+        raise ValueError(f"--full-new-tokens must be >= 0 (0: --new-tokens), got {args.full_new_tokens}")
+    tokens = {WINDOWED: args.new_tokens}
+    tokens[FULL] = tokens[GPT2] = args.full_new_tokens or args.new_tokens
+    if sorted(set(args.checkpoints)) != list(args.checkpoints) or args.checkpoints[0] < 2:
+        raise ValueError(f"--checkpoints must be increasing and >= 2 (step 1 is the prefill), got {args.checkpoints}")
+    if args.checkpoints[0] > min(tokens.values()):
+        raise ValueError(
+            f"the first checkpoint ({args.checkpoints[0]}) must be reached by every model, but one generates only "
+            f"{min(tokens.values())} tokens"
+        )
+    return tokens
+
+
+def _params(models: dict[str, torch.nn.Module]) -> dict[str, float]:
+    """Millions of parameters, GPT-2's counted with :data:`GPT2_POSITIONS` positions."""
+    n = {name: sum(p.numel() for p in m.parameters()) for name, m in models.items()}
+    g = models[GPT2].config
+    n[GPT2] -= (g.n_positions - GPT2_POSITIONS) * g.n_embd
+    return {name: v / 1e6 for name, v in n.items()}
+
+
+def _kw(d: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in d.items())
+
+
+def report(args: argparse.Namespace, spec: dict, params: dict[str, float], n_positions: int, dtype: torch.dtype,
+           tokens: dict[str, int], results: dict[str, list[dict]], machine: str, plot_name: str | None) -> str:
+    """The markdown file: when, where, the command, the models, the table, the ratios and the verdict."""
+    g = spec["gpt2"]
+    extra = (n_positions - GPT2_POSITIONS) * g["n_embd"] / 1e6
+    lines = [
+        f"# Long generation: SRU++ windowed vs full attention vs GPT-2 ({args.size})",
+        "",
+        f"- date: {now()}",
+        f"- machine: {machine}",
+        f"- load average at the end: {_load()}",
+        f"- command: `{command_line()}`",
+        f"- {WINDOWED}: SRU++ with attention_window={args.window}, {params[WINDOWED]:.2f}M parameters, "
+        f"{_kw(spec['sru'])}, vocab {spec['vocab']}; {FULL}: the same weights with full attention",
+        f"- {GPT2} (transformers GPT2LMHeadModel, SDPA, DynamicCache): {params[GPT2]:.2f}M parameters at GPT-2's "
+        f"{GPT2_POSITIONS} positions, {_kw(g)}, vocab {spec['vocab']}. Real GPT-2 stops at {GPT2_POSITIONS} tokens: "
+        f"this one has n_positions={n_positions} (prompt + new tokens + margin, {extra:.2f}M more parameters, "
+        "only looked up per step)",
+        f"- {dtype}, batch 1, greedy from a {args.prompt}-token random prompt, one generate() call per model "
+        "(min_new_tokens = max_new_tokens, no EOS), random weights; generated tokens: "
+        + ", ".join(f"{n} {tokens[n]}" for n in results),
+        f"- ms/token: median of the {args.block} decode steps ending at the checkpoint (streamer timestamps), "
+        "in wall-clock and in process CPU time (what the model costs, whatever else runs on the machine); "
+        "cache MiB: bytes allocated by the cache passed to generate() at that moment (SRULMCache.nbytes(); "
+        "DynamicCache keys+values); RSS +MiB: process RSS growth since that model's generate() began",
+        "",
+        *table(results),
+        "",
+        f"**Goal** (issue 16, with attention_window set, cache bytes and ms/token flat within {GOAL:.0%} from 1K "
+        f"to 32K generated tokens while GPT-2's grow): {WINDOWED} is {verdict(results[WINDOWED])}.",
+        "",
+    ]
+    for name in (FULL, GPT2):
+        f = flatness(results[name])
+        lines.append(f"- {name}: ms/token {f['ms_ratio']:.2f}x (CPU {f['cpu_ratio']:.2f}x), cache "
+                     f"{f['mib_ratio']:.2f}x from {results[name][0]['tokens']} to {results[name][-1]['tokens']} tokens")
+    if plot_name:
+        lines += ["", f"![ms/token and cache MiB vs generated tokens]({plot_name})"]
+    elif args.out:
+        lines += ["", "No plot: matplotlib is not installed."]
+    return "\n".join(lines) + "\n"
+
+
+def _load() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "unknown"
+
+
+def run(args: argparse.Namespace) -> None:
+    """Build the three models, sample each one's long generation (printing rows as they come), print the report
+    and, with ``--out``, write it and the plot."""
+    tokens = _check_args(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    machine = machine_description()
+    device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
+    spec = LONG_SIZES[args.size]
+    n_positions = max(GPT2_POSITIONS, args.prompt + max(tokens.values()) + 8)
+    torch.manual_seed(args.seed)
+    models = build_long_models(spec, args.window, n_positions, device, dtype)
+    params = _params(models)
+    prompt = torch.randint(1, spec["vocab"], (1, args.prompt), device=device)
+    print(", ".join(f"{n} {p:.2f}M" for n, p in params.items()) + f" parameters; {dtype}; {machine}", flush=True)
+
+    for model in models.values():
+        model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up: lazy imports, allocator
+    results = {}
+    for name, model in models.items():
+        def log(row, name=name):
+            print(f"{name}: {row['tokens']} tokens, {row['ms']:.2f} ms/token (CPU {row['cpu_ms']:.2f}), "
+                  f"cache {row['cache_mib']:.3f} MiB, RSS +{_fmt(row['rss_mib'], '.1f')} MiB", flush=True)
+        results[name] = sample_generation(model, prompt, tokens[name], args.checkpoints, args.block, log)
+
+    plot_name = None
+    if args.out:
+        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
+        png = os.path.splitext(args.out)[0] + ".png"
+        if plot(results, png):
+            plot_name = os.path.basename(png)
+    text = report(args, spec, params, n_positions, dtype, tokens, results, machine, plot_name)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,6 +9,11 @@ Layer kinds follow transformers' hybrid caches (``cache_utils``), keyed by ``con
   ``LinearAttentionAndFullAttentionLayer``, or with ``max_cache_len`` :class:`SRULMStaticHybridLayer`, a
   ``LinearAttentionAndStaticFullAttentionLayer``: ``c`` plus ``keys``/``values`` (B, heads, T, head_dim), which
   are exactly the ``T = get_seq_length()`` filled positions (views of the buffers, nothing past them).
+- ``"hybrid"`` with ``config.attention_window = W``: :class:`SRULMSlidingHybridLayer` (a
+  ``LinearAttentionAndSlidingWindowAttentionLayer``) or with ``max_cache_len`` :class:`SRULMStaticSlidingHybridLayer`:
+  ``c`` plus a ring of W key/value slots allocated once, so the cache has one size at any length; ``keys``/``values``
+  are the last ``min(T, W)`` positions, oldest first, and :meth:`SRULMCache.key_positions` tells the model which
+  position each column of ``update``'s result holds, for its mask.
 
 Two deliberate deviations from those classes: every layer counts its tokens (``get_seq_length`` works on an
 SRU-only cache, and ``SRULMCache.is_linear`` is all False so that ``generate`` slices a prompt that continues a
@@ -42,9 +47,10 @@ cache_implementation="static")`` or a ``compile_config`` builds it and runs the 
 forward hands ``update_state`` the state after each of its positions (the model runs those as decode steps),
 and ``crop(-n)`` puts keys/values and every layer's state back ``n`` positions exactly, to any position since
 the previous crop. ``is_croppable`` is true exactly while recording. The states are (B, D*H) per position and
-layer, dropped at each crop.
+layer, dropped at each crop; a sliding-window ring also keeps a copy of itself and the new keys/values since the
+crop, since its slots are overwritten.
 
-``generate()`` in transformers 5.24 also uses: ``reorder_cache`` (beam search, in place for a static cache),
+``generate()`` in transformers 5.24-5.25 also uses: ``reorder_cache`` (beam search, in place for a static cache),
 ``batch_repeat_interleave``/``batch_select_indices`` (contrastive/assisted decoding).
 """
 
@@ -54,7 +60,9 @@ import torch
 from transformers.cache_utils import (
     Cache,
     LinearAttentionAndFullAttentionLayer,
+    LinearAttentionAndSlidingWindowAttentionLayer,
     LinearAttentionAndStaticFullAttentionLayer,
+    LinearAttentionAndStaticSlidingWindowAttentionLayer,
     LinearAttentionLayer,
 )
 
@@ -196,10 +204,15 @@ class SRULMLayerCache:
         self._pending_record = None
 
     # -- rollback (assisted decoding) ------------------------------------------------------------------
-    def activate_past_recording(self) -> None:
+    def activate_past_recording(self, recurrent_states_to_keep: int | None = None) -> None:
         """Keep the state after every position from now until :meth:`SRULMCache.crop`, so that crop can roll
-        back (assisted/speculative decoding calls this). ``record_past = False`` stops it."""
+        back (assisted/speculative decoding calls this). ``record_past = False`` stops it.
+
+        ``recurrent_states_to_keep`` (transformers >= 5.25 passes the draft length) is stored for
+        ``Cache.get_recurrent_states_to_keep`` but bounds nothing: transformers' heuristic draft schedule grows
+        the draft past it, and the states are dropped at every crop anyway."""
         self.record_past = True
+        self.recurrent_states_to_keep = recurrent_states_to_keep
 
     def _crop_error(self, n: int) -> str | None:
         if n == 0:
@@ -440,6 +453,152 @@ class SRULMStaticHybridLayer(_KeyValueMixin, SRULMLayerCache, LinearAttentionAnd
         self._init_kv()
 
 
+class _SlidingKeyValueMixin(_KeyValueMixin):
+    """Keys/values of a sliding-window attention layer (``config.attention_window = W``): a ring of ``R`` slots
+    (``R = W``, or ``max_cache_len`` when smaller), allocated once, position ``p`` in slot ``p % R``.
+
+    A query at ``q`` sees keys ``q - W + 1 .. q``, so the ring holds all a decode step needs. ``update`` with one
+    token writes its slot and returns the ring (R columns); with ``L > 1`` tokens it returns the ring as it was
+    followed by the L new positions (R + L columns: queries early in the chunk still need the positions the chunk
+    overwrites), then writes the last ``min(L, R)``. :meth:`key_positions` says which position each returned
+    column holds (-1: an empty slot), which is all the caller's mask needs: attention does not care about
+    column order, and RoPE was applied to the keys before they were stored.
+
+    Rollback: while recording, the first forward after a crop keeps a copy of the ring and every forward's new
+    keys/values; ``crop`` restores the copy and rewrites the kept positions, so overwritten slots come back."""
+
+    is_sliding = True
+
+    def _init_kv(self) -> None:
+        _KeyValueMixin._init_kv(self)
+        self._snapshot: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (ring k, ring v, position) at record start
+        self._recorded: list[tuple[torch.Tensor, torch.Tensor]] = []  # new (k, v) of each forward since then
+
+    @property
+    def ring_size(self) -> int:
+        return self.sliding_window if self.max_cache_len is None else min(self.sliding_window, self.max_cache_len)
+
+    def _position(self) -> int | torch.Tensor:
+        return self._pos if self.is_static else self._seen
+
+    def key_positions(self, num_tokens: int, device: torch.device) -> torch.Tensor:
+        """(S,) long: the position held by each key column that :meth:`update` returns for ``num_tokens`` new
+        tokens, -1 for an empty slot (S = R for one token, R + num_tokens for more)."""
+        R, T = self.ring_size, self._position()
+        slots = torch.arange(R, device=device)
+        if num_tokens == 1:  # written first: the latest position <= T in each slot
+            return _latest_in_slot(T, slots, R)
+        ring = _latest_in_slot(T - 1, slots, R)  # the ring before this forward
+        return torch.cat([ring, T + torch.arange(num_tokens, device=device)])
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        """(B, heads, min(T, R), head_dim): the positions in the ring, oldest first (a copy)."""
+        return None if self._k is None else self._k[:, :, self._filled_slots()]
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        return None if self._v is None else self._v[:, :, self._filled_slots()]
+
+    def _filled_slots(self) -> torch.Tensor:
+        T, R = self.get_seq_length(), self.ring_size
+        return torch.arange(max(T - R, 0), T, device=self._k.device) % R
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        B, nh, _, hd = key_states.shape
+        # zeros, not empty: empty slots still enter SDPA's matmul with the values (0 * NaN is NaN)
+        k = key_states.new_zeros(B, nh, self.ring_size, hd)
+        v = value_states.new_zeros(B, nh, self.ring_size, value_states.shape[-1])
+        self._k, self._v = (_mark_static(k), _mark_static(v)) if self.is_static else (k, v)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        """Write ``(B, heads, L, head_dim)`` keys/values into the ring (the position does not move:
+        ``cache.advance`` does) and return the key/value columns described by :meth:`key_positions`."""
+        if self._pending_kv is not None:
+            raise RuntimeError(
+                f"layer {self.layer_idx}: keys/values updated twice in one forward ({self._pending_kv} then "
+                f"{key_states.shape[2]} positions); the model must call cache.advance(num_tokens) after all layers"
+            )
+        L, R, T = key_states.shape[2], self.ring_size, self._position()
+        self._pending_kv = L
+        if self._k is None or self._k.shape[0] != key_states.shape[0]:
+            self.lazy_initialization(key_states, value_states)
+        if self.record_past:
+            if self._snapshot is None:
+                self._snapshot = (self._k.clone(), self._v.clone(), int(T))
+            self._recorded.append((key_states.detach(), value_states.detach()))
+        else:
+            self._snapshot, self._recorded = None, []
+        if L == 1:
+            self._write(key_states, value_states, T)
+            return self._k, self._v
+        keys, values = torch.cat([self._k, key_states], dim=2), torch.cat([self._v, value_states], dim=2)
+        self._write(key_states, value_states, T)
+        return keys, values
+
+    def _write(self, key_states: torch.Tensor, value_states: torch.Tensor, start: int | torch.Tensor) -> None:
+        """Put positions ``start .. start + L - 1`` into their slots; only the last R of them survive."""
+        L, R = key_states.shape[2], self.ring_size
+        m = min(L, R)
+        slots = (start + torch.arange(L - m, L, device=self._k.device)) % R  # (m,) distinct slots
+        self._k.index_copy_(2, slots, key_states[:, :, L - m:])
+        self._v.index_copy_(2, slots, value_states[:, :, L - m:])
+
+    def _crop(self, n: int) -> None:
+        if n:
+            k, v, start = self._snapshot
+            keep = self.get_seq_length() - n - start  # positions start .. start + keep - 1 stay
+            self._k.copy_(k)
+            self._v.copy_(v)
+            if keep:
+                self._write(*(torch.cat(t, dim=2)[:, :, :keep] for t in zip(*self._recorded)), start)
+        self._snapshot, self._recorded = None, []
+        SRULMLayerCache._crop(self, n)
+
+    def _apply(self, fn, in_place: bool) -> None:
+        SRULMLayerCache._apply(self, fn, in_place)
+        if self._snapshot is not None:
+            k, v, start = self._snapshot
+            self._snapshot = (fn(k), fn(v), start)
+        self._recorded = [(fn(k), fn(v)) for k, v in self._recorded]
+
+    def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
+        return self.ring_size + (query_length if query_length > 1 else 0), 0
+
+    def _buffers(self) -> list[torch.Tensor | None]:
+        return [self.c, self._k, self._v]
+
+    def reset(self) -> None:
+        _KeyValueMixin.reset(self)
+        self._snapshot, self._recorded = None, []
+
+
+def _latest_in_slot(T: int | torch.Tensor, slots: torch.Tensor, R: int) -> torch.Tensor:
+    """For each ring slot, the latest position <= T stored there (p = T - ((T - s) mod R)); negative: empty."""
+    return T - torch.remainder(T - slots, R)
+
+
+class SRULMSlidingHybridLayer(_SlidingKeyValueMixin, SRULMLayerCache, LinearAttentionAndSlidingWindowAttentionLayer):
+    """An SRU++ attention layer's cache with ``attention_window``: ``c`` plus a ring of W keys/values."""
+
+    def __init__(self, layer_idx: int, sliding_window: int) -> None:
+        SRULMLayerCache.__init__(self, layer_idx, None)
+        self.sliding_window = sliding_window
+        self._init_kv()
+
+
+class SRULMStaticSlidingHybridLayer(
+    _SlidingKeyValueMixin, SRULMLayerCache, LinearAttentionAndStaticSlidingWindowAttentionLayer
+):
+    """The same with a tensor position and buffers marked static (compileable): ``max_cache_len`` bounds the
+    tokens, ``min(W, max_cache_len)`` the ring."""
+
+    def __init__(self, layer_idx: int, sliding_window: int, max_cache_len: int) -> None:
+        SRULMLayerCache.__init__(self, layer_idx, max_cache_len)
+        self.sliding_window = sliding_window
+        self._init_kv()
+
+
 class SRULMCache(Cache):
     """The decoding cache of :class:`~sru_lm.models.modeling_sru_lm.SRULMModel`: one layer cache per layer,
     built from ``config.layer_types`` (see the module docstring for the kinds and the per-forward contract).
@@ -448,7 +607,8 @@ class SRULMCache(Cache):
     with only the new tokens. ``max_cache_len`` makes it static: every buffer is allocated once at that length
     (a longer sequence is an error), written in place, and the cache is compileable. Memory: ``num_layers * B *
     hidden_size * 4`` bytes of SRU state, plus ``2 * B * T * projection_size`` elements per attention layer
-    (T = ``max_cache_len`` for a static cache).
+    (T = ``max_cache_len`` for a static cache, ``attention_window`` (or less) for a sliding-window model at any
+    length).
 
     Example:
         >>> out = model(input_ids, use_cache=True)
@@ -463,9 +623,13 @@ class SRULMCache(Cache):
             raise ValueError(f"max_cache_len must be None (dynamic) or an int >= 1, got {max_cache_len!r}")
         self.max_cache_len = max_cache_len
         layers = []
+        window = getattr(config, "attention_window", None)
         for i, layer_type in enumerate(config.layer_types):
             if layer_type != ATTENTION_LAYER:
                 layers.append(SRULMRecurrentLayer(i, max_cache_len))
+            elif window is not None:
+                layers.append(SRULMSlidingHybridLayer(i, window) if max_cache_len is None
+                              else SRULMStaticSlidingHybridLayer(i, window, max_cache_len))
             elif max_cache_len is None:
                 layers.append(SRULMHybridLayer(i))
             else:
@@ -504,6 +668,17 @@ class SRULMCache(Cache):
             for layer in self.layers:
                 layer._pos = self._pos
         return self._pos
+
+    def key_positions(self, num_tokens: int, device: torch.device) -> torch.Tensor | None:
+        """(S,) long: the position of each key/value column the attention layers' ``update`` will return for
+        ``num_tokens`` new tokens (-1: an empty ring slot), for the caller's mask; None for a dynamic
+        full-attention cache (columns 0 .. T + num_tokens - 1) or a cache without attention layers."""
+        layer = next((layer for layer in self.layers if layer.has_attention), None)
+        if layer is None or not (layer.is_sliding or self.is_static):
+            return None
+        if layer.is_sliding:
+            return layer.key_positions(num_tokens, device)
+        return torch.arange(self.max_cache_len, device=device)
 
     def advance(self, num_tokens: int) -> None:
         """End one forward over ``num_tokens`` tokens: check that every layer stored exactly that many (see the
@@ -566,7 +741,7 @@ class SRULMCache(Cache):
 
     @property
     def is_sliding(self) -> list[bool]:
-        return [False] * len(self.layers)
+        return [layer.is_sliding for layer in self.layers]
 
     @property
     def is_dummy(self) -> list[bool]:
@@ -581,4 +756,12 @@ class SRULMCache(Cache):
         return sum(layer.nbytes() for layer in self.layers)
 
 
-__all__ = ["SRULMCache", "SRULMHybridLayer", "SRULMLayerCache", "SRULMRecurrentLayer", "SRULMStaticHybridLayer"]
+__all__ = [
+    "SRULMCache",
+    "SRULMHybridLayer",
+    "SRULMLayerCache",
+    "SRULMRecurrentLayer",
+    "SRULMSlidingHybridLayer",
+    "SRULMStaticHybridLayer",
+    "SRULMStaticSlidingHybridLayer",
+]

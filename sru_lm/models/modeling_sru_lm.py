@@ -21,7 +21,9 @@ a full Transformer block (and a full-width KV cache) per layer and add the SRU's
 
 No position encoding by default: the recurrence runs before attention on the previous layers' outputs
 and inside every layer, so queries and keys already carry order (as in SRU++). Rotary embeddings are an
-option (``position_embedding_type="rotary"``).
+option (``position_embedding_type="rotary"``). ``attention_window=W`` makes attention local: the mask
+(:meth:`SRULMModel._attention_mask`) keeps keys within W positions, over the whole sequence in training and over
+the cache's ring of W slots in decoding (keys are stored after RoPE, so the ring's order does not matter).
 
 Padding: ``attention_mask`` (1 = token, 0 = padding) is turned into the recurrence's ``mask_pad`` (a
 padded step keeps ``c`` and outputs 0) and masks attention keys, so padding never reaches a real token's
@@ -201,18 +203,42 @@ class SRULMLayer(GradientCheckpointingLayer):
         init.zeros_(self.norm.bias)
 
     def _state_after_each_position(self, U, x, mask_pad, dropout_mask, c0, c_last) -> torch.Tensor | None:
-        """The SRU state after each of the L positions, (L, B, d), by decode steps (the last is ``c_last``): what
-        a recording cache keeps so that ``crop`` can roll back rejected draft tokens. None for one position."""
-        if U.shape[0] == 1:
+        """The SRU state after each of the L positions, (L, B, d) (the last is ``c_last``): what a recording cache
+        keeps so that ``crop`` can roll back rejected draft tokens. None for one position.
+
+        One more scan, with the reset gate pinned open and no highway (``U_r = 1e4``, ``v_r = 0``: ``r = 1``
+        exactly; ``x' = 0``), outputs ``h = x' + r (c - x') = c`` itself; the forget path is the forward's, so
+        these are the states the forward computed, bit for bit. A padded step outputs 0 instead of ``c``, so
+        padded positions take the state of the last real one. Under bf16/fp16 that output would round the fp32
+        state, so there the states come from decode steps."""
+        L, B, d = x.shape
+        if L == 1:
             return None
-        c, states = (torch.zeros_like(c_last) if c0 is None else c0), []
-        for t in range(U.shape[0] - 1):
-            _, c = sru_step(
-                U[t], x[t], self.weight_c, self.bias, c, None if mask_pad is None else mask_pad[t], dropout_mask,
-                self.scale_x, backend=self.config.sru_backend,
-            )
-            states.append(c)
-        return torch.stack([*states, c_last])
+        c = torch.zeros_like(c_last) if c0 is None else c0  # (B, d)
+        if U.dtype != state_dtype(U.dtype):
+            states = []
+            for t in range(L - 1):
+                _, c = sru_step(
+                    U[t], x[t], self.weight_c, self.bias, c, None if mask_pad is None else mask_pad[t], dropout_mask,
+                    self.scale_x, backend=self.config.sru_backend,
+                )
+                states.append(c)
+            return torch.stack([*states, c_last])
+        with torch.no_grad():
+            U_open = U.view(L, B, 3, d).clone()  # (L, B, [U_x, U_f, U_r], d): one direction (causal)
+            U_open[:, :, 2] = 1e4
+            v_open = self.weight_c.detach().clone()  # (1, 2, d)
+            v_open[:, 1] = 0
+            states, _ = sru_recurrence(
+                U_open.view(L, B, 3 * d), torch.zeros_like(x), v_open, self.bias, c0, mask_pad, None, False, 1.0,
+                backend=self.config.sru_backend,
+            )  # (L, B, d)
+            if mask_pad is not None:
+                t = torch.arange(L, device=x.device)[:, None].expand(L, B)
+                last_real = torch.where(mask_pad, -1, t).cummax(0).values  # (L, B)
+                states = states.gather(0, last_real.clamp(min=0)[..., None].expand(L, B, d))
+                states = torch.where((last_real < 0)[..., None], c[None], states)
+        return states
 
     def _steps_in_place(self, cache: SRULMLayerCache, U: torch.Tensor, x: torch.Tensor) -> bool:
         """Whether a decode step can write the state into the cache's buffer (:func:`sru_step_`): a static cache
@@ -408,26 +434,33 @@ class SRULMModel(SRULMPreTrainedModel):
 
     def _attention_mask(
         self, attention_mask: torch.Tensor | None, L: int, past: int | torch.Tensor, device: torch.device,
-        kv_len: int | None = None,
+        key_positions: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor | None, bool]:
-        """SDPA's boolean mask (B, 1, L, past + L), True = may attend, and its ``is_causal`` flag.
+        """SDPA's boolean mask (B or 1, 1, L, S), True = may attend, and its ``is_causal`` flag.
 
-        Over a static cache (``kv_len`` = its buffer length, ``past`` a 0-dim tensor, ``attention_mask`` None or
-        (B, kv_len)) the mask is (B, 1, L, kv_len) and the causal test also masks the unfilled positions."""
-        causal = not self.config.bidirectional
-        S = past + L if kv_len is None else kv_len
-        if attention_mask is None and kv_len is None:
-            if not causal or L == 1:
-                return None, False
-            if past == 0:
-                return None, True
+        Keys are the columns 0 .. past + L - 1, or those of ``key_positions`` (S,): the position each column of
+        the cache's keys holds (-1: an empty slot), as :meth:`SRULMCache.key_positions` gives for a static cache
+        (``past`` a 0-dim tensor, unfilled positions masked by causality) or a sliding-window ring. A query at
+        ``q`` sees ``k <= q`` (causal), ``q - k < attention_window`` (``|q - k|`` bidirectional), and no padding
+        (``attention_mask`` (B, past + L), or (B, max_cache_len) over a static cache)."""
+        causal, window = not self.config.bidirectional, self.config.attention_window
+        if key_positions is None:
+            if attention_mask is None and (window is None or past + L <= window):
+                if not causal or L == 1:
+                    return None, False
+                if past == 0:
+                    return None, True
+            key_positions = torch.arange(past + L, device=device)
         q_pos = (torch.arange(L, device=device) + past)[:, None]  # (L, 1)
-        k_pos = torch.arange(S, device=device)[None, :]  # (1, S)
-        allowed = k_pos <= q_pos if causal else None
+        k_pos = key_positions[None, :]  # (1, S)
+        allowed = k_pos >= 0  # (L, S)
+        if causal:
+            allowed = allowed & (k_pos <= q_pos)
+        if window is not None:
+            allowed = allowed & ((q_pos - k_pos < window) if causal else ((q_pos - k_pos).abs() < window))
         if attention_mask is not None:
-            valid = attention_mask[:, None, None, :].bool()  # (B, 1, 1, S)
-            allowed = valid if allowed is None else valid & allowed
-            allowed = allowed | (k_pos == q_pos)  # a padded query sees itself: no empty softmax row
+            valid = attention_mask.bool()[:, key_positions.clamp(min=0)][:, None, None, :]  # (B, 1, 1, S)
+            allowed = (valid & allowed) | (k_pos == q_pos)  # a padded query sees itself: no empty softmax row
         return allowed, False
 
     def _attention_mask_for(
@@ -515,11 +548,10 @@ class SRULMModel(SRULMPreTrainedModel):
             raise TypeError(f"cache must be an SRULMCache (SRU states + key/value buffers), got {type(cache).__name__}")
         if use_cache and cache is None:
             cache = SRULMCache(self.config)
-        kv_len = None
         new = slice(None)  # the new tokens' columns of attention_mask
         if cache is not None and cache.is_static:
             # Every shape is fixed and the position is a tensor, so a compiled decode step never recompiles.
-            past, kv_len = cache.position_on(inputs_embeds.device), cache.max_cache_len
+            past = cache.position_on(inputs_embeds.device)
             new = past + torch.arange(L, device=inputs_embeds.device)  # (L,)
             if attention_mask is not None:
                 attention_mask = self._static_attention_mask(attention_mask, B, L, cache)  # (B, max_cache_len)
@@ -535,7 +567,8 @@ class SRULMModel(SRULMPreTrainedModel):
         attn_mask, is_causal = (None, False)
         rotary = None
         if self.has_attention:
-            attn_mask, is_causal = self._attention_mask(attention_mask, L, past, inputs_embeds.device, kv_len)
+            key_positions = None if cache is None else cache.key_positions(L, inputs_embeds.device)
+            attn_mask, is_causal = self._attention_mask(attention_mask, L, past, inputs_embeds.device, key_positions)
             attn_mask, is_causal = self._attention_mask_for(attn_mask, is_causal, B, L, inputs_embeds)
             if self.config.position_embedding_type == ROTARY:
                 if position_ids is None:

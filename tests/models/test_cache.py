@@ -324,3 +324,38 @@ def test_a_cache_that_does_not_record_cannot_be_rolled_back(model):
     with pytest.raises(ValueError, match="activate_past_recording"):
         cache.crop(-1)
     assert cache.get_seq_length() == 4
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("padded", [False, True])
+def test_recorded_states_are_the_states_after_each_position(model, dtype, padded):
+    """What a recording forward keeps for crop: the state after every position, as decode steps by the spec
+    compute them, with padded positions keeping the last real state (and the initial one before any)."""
+    from sru_lm.models.sru_backend import sru_recurrence, sru_step_ref
+
+    layer = model.model.layers[1]
+    L, B, d = 7, 3, model.config.hidden_size
+    g = torch.Generator().manual_seed(0)
+    U = torch.randn(L, B, 3 * d, generator=g).to(dtype)
+    x = torch.randn(L, B, d, generator=g).to(dtype)
+    c0 = torch.randn(B, d, generator=g)
+    mask_pad = None
+    if padded:
+        mask_pad = torch.zeros(L, B, dtype=torch.bool)
+        mask_pad[:2, 0] = True  # left padding
+        mask_pad[3, 1] = True  # a hole
+        mask_pad[5:, 2] = True  # right padding
+    with torch.no_grad():
+        _, c_last = sru_recurrence(U, x, layer.weight_c, layer.bias, c0, mask_pad, None, False, layer.scale_x)
+        got = layer._state_after_each_position(U, x, mask_pad, None, c0, c_last)
+        c, want = c0, []
+        for t in range(L):
+            _, c = sru_step_ref(U[t], x[t], layer.weight_c, layer.bias, c, None if mask_pad is None else mask_pad[t],
+                                None, layer.scale_x)
+            want.append(c)
+    assert got.dtype == torch.float32 and got.shape == (L, B, d)
+    torch.testing.assert_close(got, torch.stack(want), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(got[-1], c_last, rtol=0, atol=0)
+    if padded:
+        torch.testing.assert_close(got[1, 0], c0[0], rtol=0, atol=0)
+        torch.testing.assert_close(got[3, 1], got[2, 1], rtol=0, atol=0)

@@ -123,9 +123,11 @@ REMOTE_SCRIPT = textwrap.dedent(
     with torch.no_grad():
         logits = model(ids).logits
     generated = model.generate(ids, max_new_tokens=5, do_sample=False)
+    # the copied cache rolls back too: prompt lookup drafts from the prompt and crops what is rejected
+    lookup = model.generate(ids[:1], max_new_tokens=5, do_sample=False, prompt_lookup_num_tokens=2)
     backend = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".sru_backend"]
     torch.save({
-        "logits": logits, "generated": generated, "module": type(model).__module__,
+        "logits": logits, "generated": generated, "lookup": lookup, "module": type(model).__module__,
         "fast_path": backend.FAST_PATH,
         "sru_lm_modules": [m for m in sys.modules if m == "sru_lm" or m.startswith("sru_lm.")],
     }, out_file)
@@ -166,13 +168,15 @@ def test_causal_checkpoint_loads_as_bidirectional_with_units_kept(tmp_path):
     torch.testing.assert_close(again.model.layers[0].out_proj.weight, bi.model.layers[0].out_proj.weight)
 
 
-def test_trust_remote_code_load_in_a_process_without_sru_lm(tmp_path):
+@pytest.mark.parametrize("options", [{}, {"attention_window": 3, "position_embedding_type": "rotary"}])
+def test_trust_remote_code_load_in_a_process_without_sru_lm(tmp_path, options):
+    """The copied files alone run the model, its cache (sliding window included) and its rollback."""
     torch.manual_seed(0)
-    model = randomize(SRULMForCausalLM(tiny_config()))
+    model = randomize(SRULMForCausalLM(tiny_config(**options)))
     model.generation_config.eos_token_id = None
     model_dir = tmp_path / "sru-tiny"
     model.save_pretrained(model_dir)
-    ids = torch.randint(1, VOCAB, (2, 6))
+    ids = torch.tensor([[5, 9, 13, 5, 9, 13], [1, 2, 3, 4, 5, 6]])
     result = _run_without_sru_lm(tmp_path, REMOTE_SCRIPT, model_dir, ids)
     assert result["sru_lm_modules"] == []  # sru_lm was never imported
     assert result["module"].startswith("transformers_modules.")  # the copied modeling file ran
@@ -181,6 +185,7 @@ def test_trust_remote_code_load_in_a_process_without_sru_lm(tmp_path):
         want = model(ids).logits
     torch.testing.assert_close(result["logits"], want, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(result["generated"], model.generate(ids, max_new_tokens=5, do_sample=False))
+    torch.testing.assert_close(result["lookup"], result["generated"][:1], rtol=0, atol=0)
 
 
 def _tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -471,7 +471,7 @@ class _SlidingKeyValueMixin(_KeyValueMixin):
 
     def _init_kv(self) -> None:
         _KeyValueMixin._init_kv(self)
-        self._snapshot: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (ring k, ring v, position) at record start
+        self._snapshot: tuple[torch.Tensor, torch.Tensor, int] | None = None  # (ring k, ring v, position) then
         self._recorded: list[tuple[torch.Tensor, torch.Tensor]] = []  # new (k, v) of each forward since then
 
     @property
@@ -519,7 +519,7 @@ class _SlidingKeyValueMixin(_KeyValueMixin):
                 f"layer {self.layer_idx}: keys/values updated twice in one forward ({self._pending_kv} then "
                 f"{key_states.shape[2]} positions); the model must call cache.advance(num_tokens) after all layers"
             )
-        L, R, T = key_states.shape[2], self.ring_size, self._position()
+        L, T = key_states.shape[2], self._position()
         self._pending_kv = L
         if self._k is None or self._k.shape[0] != key_states.shape[0]:
             self.lazy_initialization(key_states, value_states)
@@ -551,7 +551,7 @@ class _SlidingKeyValueMixin(_KeyValueMixin):
             self._k.copy_(k)
             self._v.copy_(v)
             if keep:
-                self._write(*(torch.cat(t, dim=2)[:, :, :keep] for t in zip(*self._recorded)), start)
+                self._write(*(torch.cat(t, dim=2)[:, :, :keep] for t in zip(*self._recorded, strict=True)), start)
         self._snapshot, self._recorded = None, []
         SRULMLayerCache._crop(self, n)
 

@@ -106,6 +106,18 @@ def test_flatness_and_verdict():
     assert bench.verdict(rows).startswith("NOT flat")
 
 
+def test_best_of_keeps_the_fastest_median_and_the_largest_memory():
+    a = [dict(tokens=8, ms=3.0, cpu_ms=2.0, cache_mib=1.0, rss_mib=None), dict(tokens=16, ms=2.0, cpu_ms=2.0,
+                                                                             cache_mib=2.0, rss_mib=1.0)]
+    b = [dict(tokens=8, ms=2.5, cpu_ms=2.4, cache_mib=1.0, rss_mib=0.5), dict(tokens=16, ms=4.0, cpu_ms=1.5,
+                                                                             cache_mib=2.0, rss_mib=3.0)]
+    assert bench.best_of([a, b]) == [dict(tokens=8, ms=2.5, cpu_ms=2.0, cache_mib=1.0, rss_mib=0.5),
+                                     dict(tokens=16, ms=2.0, cpu_ms=1.5, cache_mib=2.0, rss_mib=3.0)]
+    assert bench.best_of([a]) == a
+    with pytest.raises(ValueError):
+        bench.best_of([a, b[:1]])
+
+
 def test_table_marks_checkpoints_past_a_run(tiny_results):
     results = dict(tiny_results)
     results[bench.GPT2] = results[bench.GPT2][:2]
@@ -118,12 +130,13 @@ def test_table_marks_checkpoints_past_a_run(tiny_results):
 
 def test_arguments():
     a = args()
-    assert (a.size, a.window, a.new_tokens, a.full_new_tokens, a.block) == ("tiny", 512, 32768, 16384, 128)
+    assert (a.size, a.window, a.new_tokens, a.full_new_tokens, a.block, a.repeats) == (
+        "tiny", 512, 32768, 16384, 128, 1)
     assert a.checkpoints == list(bench.CHECKPOINTS)
     assert bench._check_args(a) == {bench.WINDOWED: 32768, bench.FULL: 16384, bench.GPT2: 16384}
     a = args("--size", "small", "--new-tokens", "100", "--full-new-tokens", "0", "--checkpoints", "10", "100")
     assert a.size == "small" and bench._check_args(a) == dict.fromkeys(bench.MODELS, 100)
-    for bad in (["--checkpoints", "20", "10"], ["--checkpoints", "1", "8"], ["--window", "0"],
+    for bad in (["--checkpoints", "20", "10"], ["--checkpoints", "1", "8"], ["--window", "0"], ["--repeats", "0"],
                 ["--new-tokens", "64", "--checkpoints", "128"]):
         with pytest.raises(ValueError):
             bench._check_args(args(*bad))
@@ -135,10 +148,11 @@ def test_run_writes_report_and_plot(tmp_path, monkeypatch):
     monkeypatch.setitem(bench.LONG_SIZES, "test", TINY)
     out = tmp_path / "long.md"
     bench.main(["--size", "test", "--window", "4", "--new-tokens", "24", "--full-new-tokens", "12",
-                "--checkpoints", "6", "12", "24", "--block", "4", "--prompt", "2", "--out", str(out)])
+                "--checkpoints", "6", "12", "24", "--block", "4", "--prompt", "2", "--repeats", "2",
+                "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# Long generation: SRU++ windowed vs full attention vs GPT-2 (test)")
-    assert "n_positions=1024" in text and "**Goal**" in text and "SRU++ windowed is " in text
+    assert "n_positions=1024" in text and "the lower of 2 runs" in text and "SRU++ windowed is " in text
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -62,6 +62,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, ROTARY, SRULMConfig
+from .drafting import SRULMDraftCandidateGenerator, can_draft_directly
 from .sru_backend import sru_recurrence, sru_step, sru_step_, state_dtype
 from .sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 
@@ -647,6 +648,23 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
             model_kwargs["cache"] = SRULMCache(self.config)  # assisted decoding needs it before the first forward
         if generation_config.is_assistant:  # a draft model's cache is cropped to the accepted tokens
             model_kwargs["cache"].activate_past_recording()
+
+    def _get_candidate_generator(self, generation_config, input_ids, inputs_tensor, logits_processor, model_kwargs,
+                                 assistant_model=None, target_tokenizer=None, assistant_tokenizer=None):
+        """An ``sru_lm`` draft (``assistant_model=``) drafts through :class:`~.drafting.SRULMDraftCandidateGenerator`,
+        one forward per draft token on a cache kept between rounds, instead of a whole ``generate()`` per round;
+        every other candidate source is transformers' own."""
+        if can_draft_directly(generation_config, assistant_model, model_kwargs, input_ids,
+                              target_tokenizer, assistant_tokenizer):
+            return SRULMDraftCandidateGenerator(
+                input_ids=input_ids, assistant_model=assistant_model, generation_config=generation_config,
+                model_kwargs=model_kwargs, inputs_tensor=inputs_tensor, logits_processor=logits_processor,
+            )
+        return super()._get_candidate_generator(
+            generation_config=generation_config, input_ids=input_ids, inputs_tensor=inputs_tensor,
+            logits_processor=logits_processor, model_kwargs=model_kwargs, assistant_model=assistant_model,
+            target_tokenizer=target_tokenizer, assistant_tokenizer=assistant_tokenizer,
+        )
 
     def create_masks_for_generate(self, config, inputs_embeds, attention_mask, cache=None, **kwargs):
         """``generate`` asks a compileable cache's model for the masks of each step: the 2D mask padded to the

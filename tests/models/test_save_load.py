@@ -56,7 +56,8 @@ def test_save_and_load_round_trip_exactly(tmp_path, cls):
     model.save_pretrained(tmp_path)
     files = set(os.listdir(tmp_path))
     assert {"config.json", "model.safetensors", "modeling_sru_lm.py", "configuration_sru_lm.py"} <= files
-    assert {"cache.py", "sru_backend.py", "sru_init.py"} <= files  # the modeling file's sibling imports travel with it
+    # the modeling file's sibling imports travel with it
+    assert {"cache.py", "drafting.py", "sru_backend.py", "sru_init.py"} <= files
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["model_type"] == "sru_lm" and "auto_map" in config
     for auto in (AutoModelForCausalLM, cls):  # through the Auto registry too
@@ -125,10 +126,13 @@ REMOTE_SCRIPT = textwrap.dedent(
     generated = model.generate(ids, max_new_tokens=5, do_sample=False)
     # the copied cache rolls back too: prompt lookup drafts from the prompt and crops what is rejected
     lookup = model.generate(ids[:1], max_new_tokens=5, do_sample=False, prompt_lookup_num_tokens=2)
+    # ... and the copied draft generator drafts with the model itself (every draft accepted)
+    model.generation_config.num_assistant_tokens = 2
+    assisted = model.generate(ids[:1], max_new_tokens=5, do_sample=False, assistant_model=model)
     backend = sys.modules[type(model).__module__.rsplit(".", 1)[0] + ".sru_backend"]
     torch.save({
-        "logits": logits, "generated": generated, "lookup": lookup, "module": type(model).__module__,
-        "fast_path": backend.FAST_PATH,
+        "logits": logits, "generated": generated, "lookup": lookup, "assisted": assisted,
+        "module": type(model).__module__, "fast_path": backend.FAST_PATH,
         "sru_lm_modules": [m for m in sys.modules if m == "sru_lm" or m.startswith("sru_lm.")],
     }, out_file)
     """
@@ -186,6 +190,7 @@ def test_trust_remote_code_load_in_a_process_without_sru_lm(tmp_path, options):
     torch.testing.assert_close(result["logits"], want, atol=2e-5, rtol=1e-4)
     torch.testing.assert_close(result["generated"], model.generate(ids, max_new_tokens=5, do_sample=False))
     torch.testing.assert_close(result["lookup"], result["generated"][:1], rtol=0, atol=0)
+    torch.testing.assert_close(result["assisted"], result["generated"][:1], rtol=0, atol=0)
 
 
 def _tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -94,11 +94,15 @@ class CheckpointSampler(StepTimer):
     CPU time is what the process spent computing: on a shared machine it stays put while other processes
     stretch the wall-clock steps."""
 
-    def __init__(self, cache, checkpoints, block: int, log: Callable[[dict], None] | None = None) -> None:
+    def __init__(self, cache, checkpoints, block: int, log: Callable[[dict], None] | None = None,
+                 snapshot: bool = False) -> None:
         super().__init__()
         self.cache, self.checkpoints, self.block, self.log = cache, set(checkpoints), block, log
         self.cpu_times: list[float] = []
         self.rows: list[dict] = []
+        # with ``snapshot``: {k: (copy of the cache, the k-th token)} at each checkpoint, to step from later
+        self.snapshot = snapshot
+        self.snapshots: dict[int, tuple] = {}
         self._rss0 = rss_bytes()
 
     def put(self, value) -> None:
@@ -118,18 +122,22 @@ class CheckpointSampler(StepTimer):
             rss_mib=None if rss is None or self._rss0 is None else (rss - self._rss0) / 2**20,
         )
         self.rows.append(row)
+        if self.snapshot:  # after the row: the copy delays only the next step, outside every block's median
+            self.snapshots[k] = (copy.deepcopy(self.cache), value.detach().reshape(1, 1).clone())
         if self.log is not None:
             self.log(row)
 
 
 def sample_generation(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: int, checkpoints, block: int,
-                      log: Callable[[dict], None] | None = None) -> list[dict]:
+                      log: Callable[[dict], None] | None = None, snapshots: dict | None = None) -> list[dict]:
     """One greedy ``generate()`` of exactly ``new_tokens`` tokens after ``prompt`` (1, P); one row of
-    :class:`CheckpointSampler` per checkpoint <= ``new_tokens``, in order."""
+    :class:`CheckpointSampler` per checkpoint <= ``new_tokens``, in order. Given a dict ``snapshots``, it is
+    filled with ``{k: (copy of the cache, k-th token)}`` per checkpoint (for :func:`paired_step_times`)."""
     if prompt.ndim != 2 or prompt.shape[0] != 1:
         raise ValueError(f"prompt must be (1, P) token ids (a streamer takes one sequence), got {tuple(prompt.shape)}")
     cache = new_cache(model)
-    sampler = CheckpointSampler(cache, [k for k in checkpoints if 2 <= k <= new_tokens], block, log)
+    sampler = CheckpointSampler(cache, [k for k in checkpoints if 2 <= k <= new_tokens], block, log,
+                                snapshot=snapshots is not None)
     model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
                    streamer=sampler, cache=cache)
     if cache.get_seq_length() != prompt.shape[1] + new_tokens - 1:  # generate() must have used our cache
@@ -137,7 +145,64 @@ def sample_generation(model: torch.nn.Module, prompt: torch.Tensor, new_tokens: 
             f"the cache passed to generate() holds {cache.get_seq_length()} tokens, expected the prompt and all but "
             f"the last new token ({prompt.shape[1] + new_tokens - 1}): generate() built its own"
         )
+    if snapshots is not None:
+        snapshots.update(sampler.snapshots)
     return sampler.rows
+
+
+def paired_step_times(model: torch.nn.Module, snapshots: dict[int, tuple], rounds: int, burst: int,
+                      log: Callable[[dict], None] | None = None) -> list[dict]:
+    """ms per greedy decode step at each checkpoint's position, measured so that drift cannot bias them: every
+    round runs one burst of ``burst`` steps from a fresh copy of each checkpoint's cache (the order rotating
+    from round to round), so a slow stretch of the machine hits every position alike. Rows ``{"tokens": k,
+    "ms": median wall ms/step over all bursts at k, "cpu_ms": the same in CPU time}``, in checkpoint order.
+
+    The step is the model's own forward with the cache (what ``generate()`` runs per token, without its
+    position-independent bookkeeping)."""
+    if rounds < 1 or burst < 1:
+        raise ValueError(f"rounds and burst must be >= 1, got rounds={rounds}, burst={burst}")
+    order = sorted(snapshots)
+    wall: dict[int, list[float]] = {k: [] for k in order}
+    cpu: dict[int, list[float]] = {k: [] for k in order}
+    sync = torch.cuda.synchronize if next(model.parameters()).is_cuda else (lambda: None)
+    with torch.inference_mode():
+        for r in range(rounds):
+            for k in order[r % len(order):] + order[:r % len(order)]:
+                cache, token = snapshots[k]
+                cache = copy.deepcopy(cache)
+                sync()
+                t, c = time.perf_counter(), time.process_time()
+                for _ in range(burst):
+                    token = model(token, cache=cache, use_cache=True, logits_to_keep=1).logits[:, -1:].argmax(-1)
+                    sync()
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    wall[k].append(t1 - t)
+                    cpu[k].append(c1 - c)
+                    t, c = t1, c1
+    rows = [dict(tokens=k, ms=statistics.median(wall[k]) * 1e3, cpu_ms=statistics.median(cpu[k]) * 1e3)
+            for k in order]
+    if log is not None:
+        for row in rows:
+            log(row)
+    return rows
+
+
+def paired_verdict(rows: list[dict], tolerance: float = GOAL) -> str:
+    """Whether the paired ms/step (wall and CPU) at every checkpoint is within ``tolerance`` of the first."""
+    first = rows[0]
+    dev = max(abs(r[key] / first[key] - 1) for r in rows for key in ("ms", "cpu_ms"))
+    ok = dev <= tolerance
+    return (f"{'flat' if ok else 'NOT flat'} from {rows[0]['tokens']} to {rows[-1]['tokens']} generated tokens "
+            f"(goal: {tolerance:.0%}): interleaved ms/step within {dev:.1%} of the first checkpoint's, wall and CPU")
+
+
+def paired_table(rows: list[dict]) -> list[str]:
+    lines = ["| cache position (generated tokens) | ms/step | CPU ms/step | vs first (wall) | vs first (CPU) |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['tokens']} | {r['ms']:.3f} | {r['cpu_ms']:.3f} | {r['ms'] / rows[0]['ms']:.3f}x "
+                     f"| {r['cpu_ms'] / rows[0]['cpu_ms']:.3f}x |")
+    return lines
 
 
 def best_of(runs: list[list[dict]]) -> list[dict]:
@@ -245,6 +310,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--block", type=int, default=128, help="decode steps whose median ms/token is reported")
     parser.add_argument("--repeats", type=int, default=1,
                         help="runs per model, the models taking turns; per checkpoint the fastest median is kept")
+    parser.add_argument("--paired-rounds", type=int, default=8,
+                        help="rounds of interleaved bursts from each checkpoint of the windowed model (0: none)")
+    parser.add_argument("--paired-burst", type=int, default=128, help="decode steps per burst")
     parser.add_argument("--prompt", type=int, default=16, help="prompt length (random tokens)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
@@ -256,9 +324,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _check_args(args: argparse.Namespace) -> dict[str, int]:
     """Tokens per model; ValueError for arguments the run cannot use."""
-    for name in ("window", "new_tokens", "block", "prompt", "repeats"):
+    for name in ("window", "new_tokens", "block", "prompt", "repeats", "paired_burst"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if args.paired_rounds < 0:
+        raise ValueError(f"--paired-rounds must be >= 0 (0: no interleaved measurement), got {args.paired_rounds}")
     if args.full_new_tokens < 0:
         raise ValueError(f"--full-new-tokens must be >= 0 (0: --new-tokens), got {args.full_new_tokens}")
     tokens = {WINDOWED: args.new_tokens}
@@ -286,7 +356,8 @@ def _kw(d: dict) -> str:
 
 
 def report(args: argparse.Namespace, spec: dict, params: dict[str, float], n_positions: int, dtype: torch.dtype,
-           tokens: dict[str, int], results: dict[str, list[dict]], machine: str, plot_name: str | None) -> str:
+           tokens: dict[str, int], results: dict[str, list[dict]], machine: str, plot_name: str | None,
+           paired: list[dict] | None = None) -> str:
     """The markdown file: when, where, the command, the models, the table, the ratios and the verdict."""
     g = spec["gpt2"]
     extra = (n_positions - GPT2_POSITIONS) * g["n_embd"] / 1e6
@@ -318,6 +389,22 @@ def report(args: argparse.Namespace, spec: dict, params: dict[str, float], n_pos
         f"to 32K generated tokens while GPT-2's grow): {WINDOWED} is {verdict(results[WINDOWED])}.",
         "",
     ]
+    if paired:
+        lines += [
+            f"## {WINDOWED}: interleaved steps at each checkpoint's position",
+            "",
+            f"The medians above come from one run, so each checkpoint's block ran at a different time: on a machine "
+            f"whose speed drifts over minutes they measure the drift too. Here the run's cache was copied at every "
+            f"checkpoint and then, for {args.paired_rounds} rounds, a burst of {args.paired_burst} greedy steps ran "
+            f"from a fresh copy of each checkpoint's cache in turn (the order rotating), so every position saw the "
+            f"same machine; median ms per step (model forward + argmax):",
+            "",
+            *paired_table(paired),
+            "",
+            f"**Interleaved:** {WINDOWED} is {paired_verdict(paired)}; its cache stays within "
+            f"{flatness(results[WINDOWED])['mib_dev']:.1%} of its first size at every checkpoint.",
+            "",
+        ]
     for name in (FULL, GPT2):
         f = flatness(results[name])
         lines.append(f"- {name}: ms/token {f['ms_ratio']:.2f}x (CPU {f['cpu_ratio']:.2f}x), cache "
@@ -353,14 +440,22 @@ def run(args: argparse.Namespace) -> None:
     for model in models.values():
         model.generate(prompt, max_new_tokens=4, min_new_tokens=4, do_sample=False)  # warm-up: lazy imports, allocator
     runs = {name: [] for name in models}
+    snapshots: dict | None = {} if args.paired_rounds else None
     for repeat in range(args.repeats):
         for name, model in models.items():
             def log(row, name=name, repeat=repeat):
                 print(f"{name} (run {repeat + 1}): {row['tokens']} tokens, {row['ms']:.2f} ms/token (CPU "
                       f"{row['cpu_ms']:.2f}), cache {row['cache_mib']:.3f} MiB, RSS +{_fmt(row['rss_mib'], '.1f')} MiB",
                       flush=True)
-            runs[name].append(sample_generation(model, prompt, tokens[name], args.checkpoints, args.block, log))
+            keep = snapshots if name == WINDOWED and repeat == 0 else None
+            runs[name].append(sample_generation(model, prompt, tokens[name], args.checkpoints, args.block, log, keep))
     results = {name: best_of(r) for name, r in runs.items()}
+    paired = None
+    if snapshots:
+        print(f"{WINDOWED}: {args.paired_rounds} rounds of interleaved {args.paired_burst}-step bursts", flush=True)
+        paired = paired_step_times(models[WINDOWED], snapshots, args.paired_rounds, args.paired_burst,
+                                   lambda r: print(f"  {r['tokens']} tokens: {r['ms']:.3f} ms/step "
+                                                   f"(CPU {r['cpu_ms']:.3f})", flush=True))
 
     plot_name = None
     if args.out:
@@ -368,7 +463,7 @@ def run(args: argparse.Namespace) -> None:
         png = os.path.splitext(args.out)[0] + ".png"
         if plot(results, png):
             plot_name = os.path.basename(png)
-    text = report(args, spec, params, n_positions, dtype, tokens, results, machine, plot_name)
+    text = report(args, spec, params, n_positions, dtype, tokens, results, machine, plot_name, paired)
     print(text)
     if args.out:
         with open(args.out, "w") as f:

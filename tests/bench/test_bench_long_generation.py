@@ -4,6 +4,7 @@ same size while full attention's and GPT-2's grow, the medians over the right st
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import pytest
@@ -128,6 +129,55 @@ def test_table_marks_checkpoints_past_a_run(tiny_results):
     assert any(line.startswith(f"| {bench.GPT2} | 16 -> 80 |") for line in lines)
 
 
+def test_snapshots_continue_the_run_exactly(tiny_models):
+    """A checkpoint's snapshot (a copy of the cache and the k-th token) steps on to greedy's next tokens: it is
+    the run's state at k, not a view of the cache that the rest of the run moved on."""
+    model = tiny_models[bench.WINDOWED]
+    prompt = torch.randint(1, TINY["vocab"], (1, PROMPT), generator=torch.Generator().manual_seed(3))
+    snapshots = {}
+    with torch.no_grad():
+        bench.sample_generation(model, prompt, 40, [16, 30], block=4, snapshots=snapshots)
+        whole = model.generate(prompt, max_new_tokens=40, min_new_tokens=40, do_sample=False)[0, PROMPT:]
+    assert sorted(snapshots) == [16, 30]
+    for k, (cache, token) in snapshots.items():
+        assert cache.get_seq_length() == PROMPT + k - 1 and token.item() == whole[k - 1].item()
+        cache = copy.deepcopy(cache)
+        with torch.no_grad():
+            for i in range(3):
+                token = model(token, cache=cache, use_cache=True).logits[:, -1:].argmax(-1)
+                assert token.item() == whole[k + i].item()
+
+
+def test_paired_bursts_take_turns_from_fresh_copies(tiny_models, monkeypatch):
+    model = tiny_models[bench.WINDOWED]
+    prompt = torch.randint(1, TINY["vocab"], (1, PROMPT))
+    snapshots = {}
+    with torch.no_grad():
+        bench.sample_generation(model, prompt, 160, CHECKPOINTS, block=4, snapshots=snapshots)
+    starts = []
+    handle = model.register_forward_pre_hook(
+        lambda mod, a, kw: starts.append(kw["cache"].get_seq_length()), with_kwargs=True)
+    try:
+        rows = bench.paired_step_times(model, snapshots, rounds=2, burst=2)
+    finally:
+        handle.remove()
+    at = {k: PROMPT + k - 1 for k in (16, 80, 160)}
+    bursts = [[at[16], at[16] + 1], [at[80], at[80] + 1], [at[160], at[160] + 1]]
+    assert starts == [p for b in bursts + bursts[1:] + bursts[:1] for p in b]  # round 2 starts one later
+    assert [r["tokens"] for r in rows] == [16, 80, 160] and all(r["ms"] > 0 for r in rows)
+    assert all(snapshots[k][0].get_seq_length() == at[k] for k in at)  # the snapshots were not stepped
+    with pytest.raises(ValueError):
+        bench.paired_step_times(model, snapshots, rounds=0, burst=2)
+
+
+def test_paired_verdict_reads_wall_and_cpu():
+    rows = [dict(tokens=1024, ms=2.0, cpu_ms=2.0), dict(tokens=32768, ms=2.1, cpu_ms=2.1)]
+    assert bench.paired_verdict(rows).startswith("flat from 1024 to 32768")
+    rows[1]["cpu_ms"] = 2.3  # 15% slower in CPU time
+    assert bench.paired_verdict(rows).startswith("NOT flat") and "15.0%" in bench.paired_verdict(rows)
+    assert bench.paired_table(rows)[-1] == "| 32768 | 2.100 | 2.300 | 1.050x | 1.150x |"
+
+
 def test_arguments():
     a = args()
     assert (a.size, a.window, a.new_tokens, a.full_new_tokens, a.block, a.repeats) == (
@@ -137,7 +187,7 @@ def test_arguments():
     a = args("--size", "small", "--new-tokens", "100", "--full-new-tokens", "0", "--checkpoints", "10", "100")
     assert a.size == "small" and bench._check_args(a) == dict.fromkeys(bench.MODELS, 100)
     for bad in (["--checkpoints", "20", "10"], ["--checkpoints", "1", "8"], ["--window", "0"], ["--repeats", "0"],
-                ["--new-tokens", "64", "--checkpoints", "128"]):
+                ["--new-tokens", "64", "--checkpoints", "128"], ["--paired-rounds", "-1"], ["--paired-burst", "0"]):
         with pytest.raises(ValueError):
             bench._check_args(args(*bad))
     with pytest.raises(SystemExit):
@@ -149,10 +199,11 @@ def test_run_writes_report_and_plot(tmp_path, monkeypatch):
     out = tmp_path / "long.md"
     bench.main(["--size", "test", "--window", "4", "--new-tokens", "24", "--full-new-tokens", "12",
                 "--checkpoints", "6", "12", "24", "--block", "4", "--prompt", "2", "--repeats", "2",
-                "--out", str(out)])
+                "--paired-rounds", "2", "--paired-burst", "4", "--out", str(out)])
     text = out.read_text()
     assert text.startswith("# Long generation: SRU++ windowed vs full attention vs GPT-2 (test)")
     assert "n_positions=1024" in text and "the lower of 2 runs" in text and "SRU++ windowed is " in text
+    assert "**Interleaved:** SRU++ windowed is " in text and "| 24 |" in text
     try:
         import matplotlib  # noqa: F401
     except ImportError:

@@ -41,6 +41,7 @@ class Mode:
     name: str
     kind: str  # "greedy" | "assistant" | "lookup"
     k: int | None = None
+    generic: bool = False  # an assistant drafting through transformers' generator (a generate() per round)
 
 
 @dataclass
@@ -56,13 +57,16 @@ class Tally:
     outputs: list = field(default_factory=list)
 
 
-def modes(draft_lengths: Sequence[int], heuristic: bool, lookup: Sequence[int], with_draft: bool) -> list[Mode]:
-    """Greedy first, then the draft at each length (and its heuristic schedule), then prompt lookup."""
+def modes(draft_lengths: Sequence[int], heuristic: bool, lookup: Sequence[int], with_draft: bool,
+          generic_lengths: Sequence[int] = ()) -> list[Mode]:
+    """Greedy first, then the draft at each length (and its own generation config), the draft through
+    transformers' generator at ``generic_lengths``, then prompt lookup."""
     out = [Mode(GREEDY, "greedy")]
     if with_draft:
         out += [Mode(f"draft k={k}", "assistant", k) for k in draft_lengths]
         if heuristic:
             out.append(Mode("draft, heuristic k", "assistant", None))
+        out += [Mode(f"draft k={k}, transformers' generator", "assistant", k, generic=True) for k in generic_lengths]
     out += [Mode(f"prompt lookup k={k}", "lookup", k) for k in lookup]
     return out
 
@@ -112,10 +116,15 @@ def _generate(target: PreTrainedModel, draft: PreTrainedModel | None, mode: Mode
               attention_mask=torch.ones_like(ids))
     if mode.kind == "assistant":
         kw["assistant_model"] = draft
+        draft.draft_directly = not mode.generic  # see sru_lm.models.drafting.can_draft_directly
     elif mode.kind == "lookup":
         kw["prompt_lookup_num_tokens"] = mode.k
-    with torch.inference_mode():
-        return target.generate(ids, **kw)[0, ids.shape[1]:]
+    try:
+        with torch.inference_mode():
+            return target.generate(ids, **kw)[0, ids.shape[1]:]
+    finally:
+        if mode.kind == "assistant":
+            del draft.draft_directly
 
 
 def _set_draft_length(draft: PreTrainedModel, base_config, k: int | None) -> None:
@@ -225,6 +234,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="draft tokens per verification (constant schedule)")
     parser.add_argument("--heuristic", action=argparse.BooleanOptionalAction, default=True,
                         help="also run the draft with its own generation config (transformers' heuristic k)")
+    parser.add_argument("--generic-draft-lengths", type=int, nargs="*", default=[],
+                        help="also run the draft through transformers' AssistedCandidateGenerator (a generate() "
+                             "per round) at these lengths, for comparison")
     parser.add_argument("--prompt-lookup", type=int, nargs="*", default=[4], help="prompt_lookup_num_tokens values")
     parser.add_argument("--prompts", type=int, default=8, help="prompts cut from the test books")
     parser.add_argument("--prompt-tokens", type=int, default=64)
@@ -240,7 +252,7 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("prompts", "prompt_tokens", "new_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("draft_lengths", "prompt_lookup"):
+    for name in ("draft_lengths", "generic_draft_lengths", "prompt_lookup"):
         if any(k < 1 for k in getattr(args, name)):
             raise ValueError(f"--{name.replace('_', '-')} values must be >= 1, got {getattr(args, name)}")
 
@@ -273,7 +285,8 @@ def run(args: argparse.Namespace) -> list[dict]:
 
         texts = list(load_lm_corpus(args.data)["test"]["text"])
     prompts = prompts_from_books(texts, tokenizer, args.prompts, args.prompt_tokens)
-    mode_list = modes(args.draft_lengths, args.heuristic, args.prompt_lookup, draft is not None)
+    mode_list = modes(args.draft_lengths, args.heuristic, args.prompt_lookup, draft is not None,
+                      args.generic_draft_lengths)
     _generate(target, draft, mode_list[0], prompts[0], 4)  # warm-up: lazy imports, allocator
 
     def progress(p, totals):

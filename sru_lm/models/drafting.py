@@ -37,8 +37,11 @@ def can_draft_directly(generation_config, assistant_model, model_kwargs: dict, i
                        target_tokenizer=None, assistant_tokenizer=None) -> bool:
     """True when :class:`SRULMDraftCandidateGenerator` can serve this assisted ``generate`` call: an ``sru_lm``
     causal-LM assistant with the target's tokenizer, no other candidate source asked for, one sequence without
-    padding (transformers' assisted decoding takes batch size 1 only)."""
+    padding (transformers' assisted decoding takes batch size 1 only). ``assistant_model.draft_directly = False``
+    opts out (transformers' generator runs instead)."""
     if assistant_model is None or getattr(assistant_model.config, "model_type", None) != "sru_lm":
+        return False
+    if not getattr(assistant_model, "draft_directly", True):  # set False to compare with transformers' generator
         return False
     if getattr(assistant_model.config, "bidirectional", False) or assistant_model.config.is_encoder_decoder:
         return False

@@ -52,15 +52,20 @@ def test_identical_draft_has_every_draft_token_accepted(target, prompts):
 
 
 def test_different_draft_and_prompt_lookup_keep_greedy_tokens(target, prompts):
-    modes = bench.modes([1, 4], heuristic=True, lookup=[2], with_draft=True)
+    modes = bench.modes([1, 4], heuristic=True, lookup=[2], with_draft=True, generic_lengths=[4])
     assert [m.name for m in modes] == [bench.GREEDY, "draft k=1", "draft k=4", "draft, heuristic k",
-                                       "prompt lookup k=2"]
-    totals = bench.run_modes(target, tiny(7), modes, prompts, new_tokens=12, repeats=2)
+                                       "draft k=4, transformers' generator", "prompt lookup k=2"]
+    draft = tiny(7)
+    totals = bench.run_modes(target, draft, modes, prompts, new_tokens=12, repeats=2)
     rows = bench.summary(totals)
     assert all(r["same"] and r["tokens"] == 24 for r in rows)
     for r in rows[1:3]:
         assert 0.0 <= r["acceptance"] < 1.0  # a random draft cannot agree everywhere
         assert totals[r["mode"]].drafted > 0
+    # both generators draft the same greedy tokens from the same draft: same verifications
+    assert totals["draft k=4"].forwards == totals["draft k=4, transformers' generator"].forwards
+    assert totals["draft k=4"].drafted == totals["draft k=4, transformers' generator"].drafted
+    assert not hasattr(draft, "draft_directly")  # the switch is put back
     assert bench.verdict(rows).startswith(("MET", "NOT met"))
 
 

@@ -152,6 +152,10 @@ def test_other_cases_keep_transformers_generators(target):
     assert not can_draft_directly(GenerationConfig(prompt_lookup_num_tokens=3), draft, ones, ids)
     made = target._get_candidate_generator(config, ids, ids, [], dict(ones), assistant_model=draft)
     assert type(made) is SRULMDraftCandidateGenerator
+    draft.draft_directly = False
+    made = target._get_candidate_generator(config, ids, ids, [], dict(ones), assistant_model=draft)
+    assert type(made) is AssistedCandidateGenerator
+    del draft.draft_directly
     padded = {"attention_mask": torch.tensor([[0] + [1] * 6])}
     made = target._get_candidate_generator(config, ids, ids, [], padded, assistant_model=draft)
     assert type(made) is AssistedCandidateGenerator

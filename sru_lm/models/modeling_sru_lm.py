@@ -63,7 +63,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, ROTARY, SRULMConfig
 from .drafting import SRULMDraftCandidateGenerator, can_draft_directly
-from .sru_backend import sru_recurrence, sru_step, sru_step_, state_dtype
+from .sru_backend import linear, sru_recurrence, sru_step, sru_step_, state_dtype
 from .sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 
 logger = logging.getLogger(__name__)
@@ -86,6 +86,14 @@ def rotary_cos_sin(
 def apply_rotary(t: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     t1, t2 = t.chunk(2, dim=-1)
     return t * cos + torch.cat([-t2, t1], dim=-1) * sin
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters, same state dict) whose forward is :func:`~.sru_backend.linear`: decoding's
+    1-8 row CPU matmuls (a step, a speculative verification) read each weight once for all rows."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 def eager_attention_forward(
@@ -129,7 +137,7 @@ class SRULMAttention(nn.Module):
         self.scaling = self.head_dim**-0.5
         self.is_causal = not config.bidirectional
         self.dropout = config.attention_dropout
-        self.kv_proj = nn.Linear(config.projection_size, 2 * config.projection_size, bias=False)  # W2
+        self.kv_proj = Linear(config.projection_size, 2 * config.projection_size, bias=False)  # W2
 
     def forward(
         self,
@@ -176,14 +184,14 @@ class SRULMLayer(GradientCheckpointingLayer):
         self.hidden_size = H = d // D  # units per direction
         self.dropout = config.hidden_dropout
         self.normalize_after = config.normalize_after
-        self.in_proj = nn.Linear(d, dp, bias=False)
+        self.in_proj = Linear(d, dp, bias=False)
         if config.layer_types[layer_idx] == ATTENTION_LAYER:
             self.attention = SRULMAttention(config, layer_idx)
             self.alpha = nn.Parameter(torch.zeros(1))
         else:
             self.attention = self.alpha = None
         self.norm = nn.LayerNorm(dp if config.normalize_after else d, eps=config.layer_norm_eps)
-        self.out_proj = nn.Linear(dp, D * 3 * H, bias=False)
+        self.out_proj = Linear(dp, D * 3 * H, bias=False)
         self.weight_c = nn.Parameter(torch.zeros(D, 2, H))
         self.bias = nn.Parameter(torch.zeros(D, 2, H))
         self.highway_bias = config.highway_bias
@@ -610,7 +618,7 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
             raise ValueError("SRULMForCausalLM needs bidirectional=False: a backward direction reads the future")
         super().__init__(config)
         self.model = SRULMModel(config)
-        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
         self.post_init()
 
     @classmethod
@@ -754,7 +762,7 @@ class SRULMForSequenceClassification(SRULMPreTrainedModel):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.model = SRULMModel(config)
-        self.score = nn.Linear(config.hidden_size, config.num_labels)
+        self.score = Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
     @can_return_tuple
@@ -798,7 +806,7 @@ class SRULMForQuestionAnswering(SRULMPreTrainedModel):
     def __init__(self, config: SRULMConfig) -> None:
         super().__init__(config)
         self.model = SRULMModel(config)
-        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.qa_outputs = Linear(config.hidden_size, 2)
         self.post_init()
 
     @can_return_tuple

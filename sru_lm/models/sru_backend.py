@@ -6,6 +6,8 @@
 - :func:`sru_recurrence`, :func:`sru_step` and the in-place :func:`sru_step_` run :mod:`sru_lm.ops`
   (argument checks, then the one backend decision, :func:`sru_lm.ops.select_backend`) when ``sru_lm`` is
   importable, and the spec otherwise (logged once).
+- :func:`linear` (the model's projections) is :func:`sru_lm.ops.cpu.linear` with ``sru_lm`` (decoding's
+  few-row CPU matmuls on a weight-streaming kernel) and ``F.linear`` without.
 
 The file lives in ``models/`` because ``save_pretrained`` ships it next to the weights: a process that
 loads a model with ``trust_remote_code=True`` gets the modeling file and the sibling modules it imports
@@ -92,16 +94,17 @@ def sru_step_ref(
 
 _ops: ModuleType | None = None  # sru_lm.ops.recurrence once bound: run_recurrence, run_step
 _step_ops: ModuleType | None = None  # sru_lm.ops.step, bound with _ops: sru_step_
+_linear = torch.nn.functional.linear  # sru_lm.ops.cpu.linear once bound
 _ops_missing = False  # True once `import sru_lm.ops` failed: the spec runs
 
 
 def _dispatcher() -> ModuleType | None:
-    global _ops, _step_ops, _ops_missing
+    global _ops, _step_ops, _linear, _ops_missing
     if _ops is None and not _ops_missing:
         try:
-            from sru_lm.ops import recurrence, step
+            from sru_lm.ops import cpu, recurrence, step
 
-            _ops, _step_ops = recurrence, step
+            _ops, _step_ops, _linear = recurrence, step, cpu.linear
         except ImportError as err:  # loaded as remote code where sru_lm is not installed
             _ops_missing = True
             logger.warning(
@@ -255,4 +258,12 @@ def sru_step_(
     _step_ops.sru_step_(U, x, v, b, c, h_out, mask_pad, dropout_mask, scale_x, backend)
 
 
-__all__ = ["sru_recurrence", "sru_recurrence_ref", "sru_step", "sru_step_", "sru_step_ref", "state_dtype"]
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``; with ``sru_lm``, :func:`sru_lm.ops.cpu.linear`, which runs decoding's few-row CPU matmuls on
+    a kernel that reads each weight once for all rows (and everything else on ``F.linear``)."""
+    if _ops is None and not _ops_missing:
+        _dispatcher()
+    return _linear(x, weight, bias)
+
+
+__all__ = ["linear", "sru_recurrence", "sru_recurrence_ref", "sru_step", "sru_step_", "sru_step_ref", "state_dtype"]

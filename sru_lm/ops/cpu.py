@@ -41,6 +41,7 @@ from pathlib import Path
 from types import ModuleType
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from ..models.sru_backend import state_dtype
@@ -144,6 +145,44 @@ def why_unavailable() -> str:
         return "disabled by SRU_LM_NO_CPU_EXT"
     _load()
     return _error or ""
+
+
+# ---- small-batch linear ------------------------------------------------------------------------------------
+# Decoding's matmuls have 1 row (a step) or a few (a speculative verification: the last token and k drafts).
+# On CPUs where MKL's sgemm costs about M GEMVs for M rows, csrc's small_linear streams each weight once for
+# all rows: one EPYC thread, fp32, microseconds, F.linear -> small_linear:
+#
+#     weight (8192, 768), the LM head     M=1: 1842 -> 1095    M=3: 5803 -> 2166    M=8: 5355 -> 2832
+#     weight (768, 768)                   M=1:   86 ->   62    M=3:  250 ->   86    M=8:  305 ->  208
+#
+# (scripts/bench_linear.py measures them side by side). Row m of its output does not depend on the other
+# rows, bit for bit, so verifying k draft tokens in one forward gives exactly the logits of k decode steps.
+
+SMALL_LINEAR_MAX_ROWS = 8
+# False sends every call to F.linear (benchmarks compare the two in one process); SRU_LM_NO_SMALL_LINEAR=1 at
+# import does the same.
+small_linear_enabled = not os.environ.get("SRU_LM_NO_SMALL_LINEAR")
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """``F.linear(x, weight, bias)``, on the small-batch kernel when it applies: fp32 CPU tensors, 1 to
+    :data:`SMALL_LINEAR_MAX_ROWS` rows (``x.numel() // in_features``), no autograd, not while compiling, the
+    kernel built. Everything else (training, long sequences, other dtypes and devices) is ``F.linear``."""
+    if torch.compiler.is_compiling():  # first: a traced graph gets plain F.linear and no guards from the rest
+        return F.linear(x, weight, bias)
+    in_features = weight.shape[-1]
+    rows = x.numel() // in_features if in_features else 0
+    if (
+        not small_linear_enabled or not 1 <= rows <= SMALL_LINEAR_MAX_ROWS
+        or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
+        or (bias is not None and bias.dtype != torch.float32)
+        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
+                                         or (bias is not None and bias.requires_grad)))
+        or not available()
+    ):
+        return F.linear(x, weight, bias)
+    y = _ext.small_linear(x.reshape(rows, in_features).contiguous(), weight.contiguous(), bias, poison_outputs)
+    return y.view(*x.shape[:-1], weight.shape[0])
 
 
 # ---- custom ops ----------------------------------------------------------------------------------------

@@ -23,6 +23,10 @@
 #include <cstdint>
 #include <vector>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 namespace {
 
 // exp(a) for float with a Cody-Waite range reduction and a degree-7 Taylor polynomial on
@@ -477,6 +481,109 @@ void step_(const at::Tensor& U, const c10::optional<at::Tensor>& x, const at::Te
   step_into(U, x, v, b, c, mask_pad, dropout_mask, scale_x, c, h_out);
 }
 
+// ---- small-batch linear: y = x W^T (+ bias) for a few rows of x ---------------------------------------------
+//
+// Decoding multiplies 1 row (a step) or a few (a speculative verification) by each weight matrix. MKL's sgemm
+// costs about M times a GEMV there, although the weights, read from memory, dominate: a kernel that streams
+// each weight once and uses it for all M rows costs about the same for M = 1..4. Blocks of R weight rows x M
+// input rows keep R*M independent FMA chains in registers (enough to hide the FMA latency, few enough not to
+// spill). Each output is the same 8-lane partial sum over `in` in order, reduced the same way, whatever M and R:
+// row m of y is bit-identical whether it was computed alone or with other rows, so a verification forward over
+// k tokens gives exactly the logits of k single-token steps.
+
+#if defined(__AVX2__) && defined(__FMA__)
+static inline float lane_sum(__m256 v) {  // ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+template <int M, int R>
+static inline void linear_block(const float* __restrict x, const float* __restrict w, const float* bias,
+                                float* __restrict y, int64_t in, int64_t out, int64_t o) {
+  __m256 acc[R][M];
+  for (int r = 0; r < R; ++r)
+    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= in; i += 8) {
+    for (int r = 0; r < R; ++r) {
+      const __m256 wv = _mm256_loadu_ps(w + (o + r) * in + i);
+      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * in + i), wv, acc[r][m]);
+    }
+  }
+  for (int r = 0; r < R; ++r) {
+    const float* wr = w + (o + r) * in;
+    for (int m = 0; m < M; ++m) {
+      float s = lane_sum(acc[r][m]);
+      for (int64_t k = i; k < in; ++k) s += x[m * in + k] * wr[k];
+      y[m * out + o + r] = bias ? s + bias[o + r] : s;
+    }
+  }
+}
+#else
+template <int M, int R>
+static inline void linear_block(const float* __restrict x, const float* __restrict w, const float* bias,
+                                float* __restrict y, int64_t in, int64_t out, int64_t o) {
+  for (int r = 0; r < R; ++r) {
+    const float* wr = w + (o + r) * in;
+    for (int m = 0; m < M; ++m) {
+      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+      int64_t i = 0;
+      for (; i + 8 <= in; i += 8)
+        for (int j = 0; j < 8; ++j) lane[j] += x[m * in + i + j] * wr[i + j];
+      float s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+      for (int64_t k = i; k < in; ++k) s += x[m * in + k] * wr[k];
+      y[m * out + o + r] = bias ? s + bias[o + r] : s;
+    }
+  }
+}
+#endif
+
+template <int M, int R>
+static void linear_rows(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t out,
+                        int64_t begin, int64_t end) {
+  int64_t o = begin;
+  for (; o + R <= end; o += R) linear_block<M, R>(x, w, bias, y, in, out, o);
+  for (; o < end; ++o) linear_block<M, 1>(x, w, bias, y, in, out, o);
+}
+
+// x (M, in), weight (out, in), bias (out,) or none, all contiguous fp32 on the CPU, 1 <= M <= 8 -> (M, out).
+at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                        bool poison) {
+  TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
+              "small_linear: x (M, in) and weight (out, in), got ", x.sizes(), " and ", weight.sizes());
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.is_contiguous() &&
+              weight.is_contiguous(), "small_linear: contiguous float32 x and weight");
+  const int64_t M = x.size(0), in = x.size(1), out = weight.size(0);
+  TORCH_CHECK(M >= 1 && M <= 8, "small_linear: 1 to 8 rows, got ", M);
+  const float* b = nullptr;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out,
+                "small_linear: bias must be contiguous float32 of ", out, " elements");
+    b = bias->data_ptr<float>();
+  }
+  at::Tensor y = poison ? at::full({M, out}, NAN, x.options()) : at::empty({M, out}, x.options());
+  const float* xp = x.data_ptr<float>();
+  const float* wp = weight.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  // at least ~64K weights per thread: a small matrix stays on one thread
+  const int64_t grain = std::max<int64_t>(8, 65536 / std::max<int64_t>(in, 1));
+  at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
+    switch (M) {  // R * M accumulators + R or M loads: at most ~13 of the 16 vector registers
+      case 1: linear_rows<1, 8>(xp, wp, b, yp, in, out, begin, end); break;
+      case 2: linear_rows<2, 4>(xp, wp, b, yp, in, out, begin, end); break;
+      case 3: linear_rows<3, 3>(xp, wp, b, yp, in, out, begin, end); break;
+      case 4: linear_rows<4, 2>(xp, wp, b, yp, in, out, begin, end); break;
+      case 5: linear_rows<5, 2>(xp, wp, b, yp, in, out, begin, end); break;
+      case 6: linear_rows<6, 1>(xp, wp, b, yp, in, out, begin, end); break;
+      case 7: linear_rows<7, 1>(xp, wp, b, yp, in, out, begin, end); break;
+      default: linear_rows<8, 1>(xp, wp, b, yp, in, out, begin, end); break;
+    }
+  });
+  return y;
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
@@ -484,4 +591,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward, "SRU recurrence backward (CPU)");
   m.def("step", &step, "one SRU decode step (CPU)");
   m.def("step_", &step_, "one SRU decode step (CPU), updating c in place and writing h_out");
+  m.def("small_linear", &small_linear, "x W^T (+ bias) for 1..8 rows of x, each weight read once (CPU, fp32)");
 }

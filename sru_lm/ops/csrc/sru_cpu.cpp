@@ -16,6 +16,8 @@
 // ATen + torch's pybind11 glue rather than <torch/extension.h>: the build takes half the time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/TracerMode.h>
+#include <ATen/autocast_mode.h>
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
@@ -484,12 +486,23 @@ void step_(const at::Tensor& U, const c10::optional<at::Tensor>& x, const at::Te
 // ---- small-batch linear: y = x W^T (+ bias) for a few rows of x ---------------------------------------------
 //
 // Decoding multiplies 1 row (a step) or a few (a speculative verification) by each weight matrix. MKL's sgemm
-// costs about M times a GEMV there, although the weights, read from memory, dominate: a kernel that streams
-// each weight once and uses it for all M rows costs about the same for M = 1..4. Blocks of R weight rows x M
-// input rows keep R*M independent FMA chains in registers (enough to hide the FMA latency, few enough not to
-// spill). Each output is the same 8-lane partial sum over `in` in order, reduced the same way, whatever M and R:
-// row m of y is bit-identical whether it was computed alone or with other rows, so a verification forward over
-// k tokens gives exactly the logits of k single-token steps.
+// costs about M times a GEMV there, although reading the weights dominates: a kernel that streams each weight
+// once and uses it for all M rows costs about the same for M = 1..4.
+//
+// A block is R weight rows x G input rows: R*G independent FMA chains (8 to 12, enough to hide the FMA latency
+// on two FMA ports), plus G x vectors and one weight vector in registers (at most 16). Per M, (R, groups):
+//   M=1 (8, 1)  M=2 (6, 2)  M=3 (4, 3)  M=4 (3, 4)  M=5 (4, 3+2)  M=6 (4, 3+3)  M=7 (3, 4+3)  M=8 (3, 4+4)
+// Above 4 rows the input rows go in two groups over the same R weight rows, the second group reading them
+// from L1: still one pass over the weights from memory.
+//
+// Bit-identity across M: every output is one 8-lane accumulator fed by the same FMAs in the same order (8
+// columns at a time, then the tail as one masked chunk), summed across lanes the same way, whatever the block,
+// group or thread: row m of y is the same whether it was computed alone or with other rows, so a verification
+// forward over k tokens gives exactly the logits of k single-token steps.
+
+constexpr int64_t kSmallLinearMaxRows = 8;
+// A thread gets at least this many weights: a small matrix stays on one thread (a fork costs a few us).
+constexpr int64_t kSmallLinearWeightsPerThread = 65536;
 
 #if defined(__AVX2__) && defined(__FMA__)
 static inline float lane_sum(__m256 v) {  // ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))
@@ -499,53 +512,94 @@ static inline float lane_sum(__m256 v) {  // ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7
   return _mm_cvtss_f32(s);
 }
 
-template <int M, int R>
-static inline void linear_block(const float* __restrict x, const float* __restrict w, const float* bias,
-                                float* __restrict y, int64_t in, int64_t out, int64_t o) {
-  __m256 acc[R][M];
-  for (int r = 0; r < R; ++r)
-    for (int m = 0; m < M; ++m) acc[r][m] = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 8 <= in; i += 8) {
-    for (int r = 0; r < R; ++r) {
-      const __m256 wv = _mm256_loadu_ps(w + (o + r) * in + i);
-      for (int m = 0; m < M; ++m) acc[r][m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + m * in + i), wv, acc[r][m]);
+static inline __m256i first_lanes(int64_t n) {  // lanes [0, n) set, 0 < n < 8
+  static const int32_t ones_then_zeros[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ones_then_zeros + 8 - n));
+}
+
+// G input rows from m0 against weight rows o..o+R-1 into y[m0.., o..]
+template <int R, int G>
+static inline __attribute__((always_inline)) void linear_block(const float* __restrict x, const float* __restrict w,
+                                                               const float* bias, float* __restrict y, int64_t in,
+                                                               int64_t out, int64_t o, int64_t m0) {
+  if constexpr (G > 0) {
+    const float* xg = x + m0 * in;
+    const float* wo = w + o * in;
+    __m256 acc[R][G];
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= in; i += 8) {
+      __m256 xv[G];
+      for (int g = 0; g < G; ++g) xv[g] = _mm256_loadu_ps(xg + g * in + i);
+      for (int r = 0; r < R; ++r) {
+        __m256 wv = _mm256_loadu_ps(wo + r * in + i);
+#if defined(__GNUC__)
+        // one register load per weight vector: left alone, gcc folds it into each of the G FMAs (G loads)
+        asm("" : "+x"(wv));
+#endif
+        for (int g = 0; g < G; ++g) acc[r][g] = _mm256_fmadd_ps(xv[g], wv, acc[r][g]);
+      }
     }
-  }
-  for (int r = 0; r < R; ++r) {
-    const float* wr = w + (o + r) * in;
-    for (int m = 0; m < M; ++m) {
-      float s = lane_sum(acc[r][m]);
-      for (int64_t k = i; k < in; ++k) s += x[m * in + k] * wr[k];
-      y[m * out + o + r] = bias ? s + bias[o + r] : s;
+    if (i < in) {  // the tail: one more chunk, zeros beyond `in`
+      const __m256i mask = first_lanes(in - i);
+      __m256 xv[G];
+      for (int g = 0; g < G; ++g) xv[g] = _mm256_maskload_ps(xg + g * in + i, mask);
+      for (int r = 0; r < R; ++r) {
+        const __m256 wv = _mm256_maskload_ps(wo + r * in + i, mask);
+        for (int g = 0; g < G; ++g) acc[r][g] = _mm256_fmadd_ps(xv[g], wv, acc[r][g]);
+      }
     }
+    for (int r = 0; r < R; ++r)
+      for (int g = 0; g < G; ++g) {
+        const float s = lane_sum(acc[r][g]);
+        y[(m0 + g) * out + o + r] = bias ? s + bias[o + r] : s;
+      }
   }
 }
 #else
-template <int M, int R>
-static inline void linear_block(const float* __restrict x, const float* __restrict w, const float* bias,
-                                float* __restrict y, int64_t in, int64_t out, int64_t o) {
-  for (int r = 0; r < R; ++r) {
-    const float* wr = w + (o + r) * in;
-    for (int m = 0; m < M; ++m) {
-      float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-      int64_t i = 0;
-      for (; i + 8 <= in; i += 8)
-        for (int j = 0; j < 8; ++j) lane[j] += x[m * in + i + j] * wr[i + j];
-      float s = ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
-      for (int64_t k = i; k < in; ++k) s += x[m * in + k] * wr[k];
-      y[m * out + o + r] = bias ? s + bias[o + r] : s;
+// Portable: the same 8-lane order, one output at a time. Not inlined, so every output runs the same code
+// (where the compiler contracts a*b+c into an FMA, it does so for all of them).
+__attribute__((noinline)) static float dot_lanes(const float* __restrict x, const float* __restrict w,
+                                                 int64_t in) {
+  float lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= in; i += 8)
+    for (int j = 0; j < 8; ++j) lane[j] += x[i + j] * w[i + j];
+  for (int j = 0; i + j < in; ++j) lane[j] += x[i + j] * w[i + j];
+  return ((lane[0] + lane[4]) + (lane[2] + lane[6])) + ((lane[1] + lane[5]) + (lane[3] + lane[7]));
+}
+
+template <int R, int G>
+static inline void linear_block(const float* x, const float* w, const float* bias, float* y, int64_t in,
+                                int64_t out, int64_t o, int64_t m0) {
+  for (int r = 0; r < R; ++r)
+    for (int g = 0; g < G; ++g) {
+      const float s = dot_lanes(x + (m0 + g) * in, w + (o + r) * in, in);
+      y[(m0 + g) * out + o + r] = bias ? s + bias[o + r] : s;
     }
-  }
 }
 #endif
 
-template <int M, int R>
-static void linear_rows(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t out,
-                        int64_t begin, int64_t end) {
-  int64_t o = begin;
-  for (; o + R <= end; o += R) linear_block<M, R>(x, w, bias, y, in, out, o);
-  for (; o < end; ++o) linear_block<M, 1>(x, w, bias, y, in, out, o);
+// All of y: blocks of R weight rows split over threads; input row groups [0, G0) and [G0, G0 + G1).
+template <int R, int G0, int G1>
+static void linear_rows(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t out) {
+  const int64_t blocks = (out + R - 1) / R;  // the last one may be short
+  const int64_t grain = std::max<int64_t>(1, kSmallLinearWeightsPerThread / (R * std::max<int64_t>(in, 1)));
+  at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t k = begin; k < end; ++k) {
+      const int64_t o = k * R;
+      if (o + R <= out) {
+        linear_block<R, G0>(x, w, bias, y, in, out, o, 0);
+        linear_block<R, G1>(x, w, bias, y, in, out, o, G0);
+      } else {
+        for (int64_t p = o; p < out; ++p) {
+          linear_block<1, G0>(x, w, bias, y, in, out, p, 0);
+          linear_block<1, G1>(x, w, bias, y, in, out, p, G0);
+        }
+      }
+    }
+  });
 }
 
 // x (M, in), weight (out, in), bias (out,) or none, all contiguous fp32 on the CPU, 1 <= M <= 8 -> (M, out).
@@ -553,35 +607,73 @@ at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const c10
                         bool poison) {
   TORCH_CHECK(x.dim() == 2 && weight.dim() == 2 && x.size(1) == weight.size(1),
               "small_linear: x (M, in) and weight (out, in), got ", x.sizes(), " and ", weight.sizes());
-  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.is_contiguous() &&
-              weight.is_contiguous(), "small_linear: contiguous float32 x and weight");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && weight.scalar_type() == at::kFloat && x.device().is_cpu() &&
+              weight.device().is_cpu() && x.is_contiguous() && weight.is_contiguous(),
+              "small_linear: contiguous float32 CPU x and weight, got ", x.scalar_type(), " and ",
+              weight.scalar_type());
   const int64_t M = x.size(0), in = x.size(1), out = weight.size(0);
-  TORCH_CHECK(M >= 1 && M <= 8, "small_linear: 1 to 8 rows, got ", M);
+  TORCH_CHECK(M >= 1 && M <= kSmallLinearMaxRows, "small_linear: 1 to ", kSmallLinearMaxRows, " rows, got ", M);
   const float* b = nullptr;
   if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == out,
-                "small_linear: bias must be contiguous float32 of ", out, " elements");
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->device().is_cpu() && bias->is_contiguous() &&
+                bias->numel() == out, "small_linear: bias must be contiguous float32 of ", out, " elements");
     b = bias->data_ptr<float>();
   }
   at::Tensor y = poison ? at::full({M, out}, NAN, x.options()) : at::empty({M, out}, x.options());
   const float* xp = x.data_ptr<float>();
   const float* wp = weight.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  // at least ~64K weights per thread: a small matrix stays on one thread
-  const int64_t grain = std::max<int64_t>(8, 65536 / std::max<int64_t>(in, 1));
-  at::parallel_for(0, out, grain, [&](int64_t begin, int64_t end) {
-    switch (M) {  // R * M accumulators + R or M loads: at most ~13 of the 16 vector registers
-      case 1: linear_rows<1, 8>(xp, wp, b, yp, in, out, begin, end); break;
-      case 2: linear_rows<2, 4>(xp, wp, b, yp, in, out, begin, end); break;
-      case 3: linear_rows<3, 3>(xp, wp, b, yp, in, out, begin, end); break;
-      case 4: linear_rows<4, 2>(xp, wp, b, yp, in, out, begin, end); break;
-      case 5: linear_rows<5, 2>(xp, wp, b, yp, in, out, begin, end); break;
-      case 6: linear_rows<6, 1>(xp, wp, b, yp, in, out, begin, end); break;
-      case 7: linear_rows<7, 1>(xp, wp, b, yp, in, out, begin, end); break;
-      default: linear_rows<8, 1>(xp, wp, b, yp, in, out, begin, end); break;
-    }
-  });
+  switch (M) {
+    case 1: linear_rows<8, 1, 0>(xp, wp, b, yp, in, out); break;
+    case 2: linear_rows<6, 2, 0>(xp, wp, b, yp, in, out); break;
+    case 3: linear_rows<4, 3, 0>(xp, wp, b, yp, in, out); break;
+    case 4: linear_rows<3, 4, 0>(xp, wp, b, yp, in, out); break;
+    case 5: linear_rows<4, 3, 2>(xp, wp, b, yp, in, out); break;
+    case 6: linear_rows<4, 3, 3>(xp, wp, b, yp, in, out); break;
+    case 7: linear_rows<3, 4, 3>(xp, wp, b, yp, in, out); break;
+    default: linear_rows<3, 4, 4>(xp, wp, b, yp, in, out); break;
+  }
   return y;
+}
+
+// A plain strided fp32 CPU tensor, no wrapper that must see the op (vmap, functorch grad, functionalization,
+// a Python subclass), no lazy negation bit.
+static bool plain_float_cpu(const at::Tensor& t) {
+  static const c10::DispatchKeySet wrapped({c10::DispatchKey::Python, c10::DispatchKey::FuncTorchBatched,
+                                            c10::DispatchKey::FuncTorchGradWrapper,
+                                            c10::DispatchKey::Functionalize});
+  return t.scalar_type() == at::kFloat && t.device().is_cpu() && t.layout() == at::kStrided && !t.is_neg() &&
+         !t.key_set().has_any(wrapped);
+}
+
+// Where small_linear computes F.linear(x, weight, bias): see sru_lm.ops.cpu.linear.
+static bool small_linear_applies(const at::Tensor& x, const at::Tensor& weight, const at::Tensor* bias) {
+  if (x.dim() < 1 || weight.dim() != 2 || weight.size(1) == 0 || x.size(-1) != weight.size(1)) return false;
+  const int64_t M = x.numel() / weight.size(1);
+  if (M < 1 || M > kSmallLinearMaxRows) return false;
+  if (!plain_float_cpu(x) || !plain_float_cpu(weight)) return false;
+  if (bias && (!plain_float_cpu(*bias) || bias->dim() != 1 || bias->size(0) != weight.size(0))) return false;
+  if (at::GradMode::is_enabled() && (x.requires_grad() || weight.requires_grad() || (bias && bias->requires_grad())))
+    return false;
+  // modes that change or record the op: autocast, a Python dispatch mode, the JIT tracer, a functorch transform
+  return !at::autocast::is_autocast_enabled(at::kCPU) &&
+         !c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::Python) &&
+         !c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode) &&
+         !at::tracer::impl::is_dispatch_enabled();
+}
+
+// F.linear(x, weight, bias) for x (..., in): small_linear where it applies, at::linear (autograd and all) elsewhere.
+// One C++ call, so the decision costs no Python per projection of a decode step.
+at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::optional<at::Tensor>& bias,
+                  bool poison) {
+  const at::Tensor* b = bias.has_value() && bias->defined() ? &*bias : nullptr;
+  if (!small_linear_applies(x, weight, b)) return at::linear(x, weight, bias);
+  const int64_t in = weight.size(1);
+  at::Tensor y = small_linear(x.reshape({-1, in}).contiguous(), weight.contiguous(),
+                              b ? c10::optional<at::Tensor>(b->contiguous()) : c10::nullopt, poison);  // (M, out)
+  std::vector<int64_t> shape = x.sizes().vec();
+  shape.back() = weight.size(0);
+  return y.view(shape);  // (..., out)
 }
 
 }  // namespace
@@ -592,4 +684,5 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step", &step, "one SRU decode step (CPU)");
   m.def("step_", &step_, "one SRU decode step (CPU), updating c in place and writing h_out");
   m.def("small_linear", &small_linear, "x W^T (+ bias) for 1..8 rows of x, each weight read once (CPU, fp32)");
+  m.def("linear", &linear, "F.linear on small_linear where it applies (see sru_lm.ops.cpu.linear), else at::linear");
 }

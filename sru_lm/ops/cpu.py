@@ -149,40 +149,37 @@ def why_unavailable() -> str:
 
 # ---- small-batch linear ------------------------------------------------------------------------------------
 # Decoding's matmuls have 1 row (a step) or a few (a speculative verification: the last token and k drafts).
-# On CPUs where MKL's sgemm costs about M GEMVs for M rows, csrc's small_linear streams each weight once for
-# all rows: one EPYC thread, fp32, microseconds, F.linear -> small_linear:
-#
-#     weight (8192, 768), the LM head     M=1: 1842 -> 1095    M=3: 5803 -> 2166    M=8: 5355 -> 2832
-#     weight (768, 768)                   M=1:   86 ->   62    M=3:  250 ->   86    M=8:  305 ->  208
-#
-# (scripts/bench_linear.py measures them side by side). Row m of its output does not depend on the other
-# rows, bit for bit, so verifying k draft tokens in one forward gives exactly the logits of k decode steps.
+# On CPUs where MKL's sgemm costs about M GEMVs for M rows (this EPYC: 1 row of the (8192, 768) LM head takes
+# ~2 ms, 3 rows ~3x that), csrc's small_linear streams each weight once for all rows, keeping 8-12 FMA chains
+# in registers (the blocking per row count is in csrc), so 1 to 4 rows cost about one weight read; measure
+# with scripts/bench_linear.py. Row m of its output does not depend on the other rows, bit for bit, so
+# verifying k draft tokens in one forward gives exactly the logits of k decode steps.
 
 SMALL_LINEAR_MAX_ROWS = 8
 # False sends every call to F.linear (benchmarks compare the two in one process); SRU_LM_NO_SMALL_LINEAR=1 at
-# import does the same.
+# import does the same, and so does SRU_LM_NO_CPU_EXT=1 (no kernel at all).
 small_linear_enabled = not os.environ.get("SRU_LM_NO_SMALL_LINEAR")
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """``F.linear(x, weight, bias)``, on the small-batch kernel when it applies: fp32 CPU tensors, 1 to
-    :data:`SMALL_LINEAR_MAX_ROWS` rows (``x.numel() // in_features``), no autograd, not while compiling, the
-    kernel built. Everything else (training, long sequences, other dtypes and devices) is ``F.linear``."""
-    if torch.compiler.is_compiling():  # first: a traced graph gets plain F.linear and no guards from the rest
+    """``F.linear(x, weight, bias)``, on the small-batch kernel where it applies, ``F.linear`` elsewhere.
+
+    x (..., in), weight (out, in), bias (out,) or None -> (..., out). The kernel runs when x, weight and bias are
+    plain fp32 CPU tensors, x has 1 to :data:`SMALL_LINEAR_MAX_ROWS` rows (``x.numel() // in``), no autograd
+    (grad mode off, or none of them requires grad), not while compiling, tracing, under autocast, a Python
+    dispatch mode or a functorch transform, the kernel built and not switched off. Everything else (training,
+    prefill, other dtypes and devices) is ``F.linear``. Called ~20 times per decode step, so after the two
+    checks here one C++ call (``csrc`` ``linear``) makes the rest of the decision and runs the matmul.
+
+    Example::
+
+        y = linear(torch.randn(3, 768), torch.randn(8192, 768))  # (3, 8192), each row as if computed alone
+    """
+    if torch.compiler.is_compiling() or not small_linear_enabled:  # a traced graph gets plain F.linear
         return F.linear(x, weight, bias)
-    in_features = weight.shape[-1]
-    rows = x.numel() // in_features if in_features else 0
-    if (
-        not small_linear_enabled or not 1 <= rows <= SMALL_LINEAR_MAX_ROWS
-        or x.device.type != "cpu" or x.dtype != torch.float32 or weight.dtype != torch.float32
-        or (bias is not None and bias.dtype != torch.float32)
-        or (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
-                                         or (bias is not None and bias.requires_grad)))
-        or not available()
-    ):
+    if _ext is None and not available():
         return F.linear(x, weight, bias)
-    y = _ext.small_linear(x.reshape(rows, in_features).contiguous(), weight.contiguous(), bias, poison_outputs)
-    return y.view(*x.shape[:-1], weight.shape[0])
+    return _ext.linear(x, weight, bias, poison_outputs)
 
 
 # ---- custom ops ----------------------------------------------------------------------------------------
@@ -301,6 +298,26 @@ def sru_recurrence_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask, bidire
     else:  # eager inference: no graph, no saved states, no op dispatch
         h, c_last, _ = _ext.forward(*args, False, poison_outputs)
     return h, c_last
+
+
+def sru_recurrence_states_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask, scale_x):
+    """Unidirectional :func:`sru_recurrence_cpu` without autograd that also returns the state after every
+    position, (L, B, H) in the state dtype (a padded position keeps the state before it): the kernel writes them
+    as it goes (they are what its backward saves), so a recording cache gets them from the same pass."""
+    if U.dtype == torch.float16:
+        h, c_last, states = sru_recurrence_states_cpu(U.float(), None if x is None else x.float(), v, b,
+                                                      initial_state, mask_pad, dropout_mask, scale_x)
+        return h.half(), c_last, states
+    acc = state_dtype(U.dtype)
+    k3 = U.shape[-1] == 3 * v.shape[-1]
+    h, c_last, states = _ext.forward(
+        U.contiguous(), x.contiguous() if k3 else None, v.to(acc).contiguous(), b.to(acc).contiguous(),
+        None if initial_state is None else initial_state.to(acc).contiguous(),
+        None if mask_pad is None else mask_pad.contiguous(),
+        None if dropout_mask is None else dropout_mask.to(acc).contiguous(), False, float(scale_x), True,
+        poison_outputs,
+    )
+    return h, c_last, states
 
 
 def sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, scale_x):

@@ -21,6 +21,7 @@
 #include <torch/csrc/utils/pybind.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <vector>
@@ -503,6 +504,8 @@ void step_(const at::Tensor& U, const c10::optional<at::Tensor>& x, const at::Te
 constexpr int64_t kSmallLinearMaxRows = 8;
 // A thread gets at least this many weights: a small matrix stays on one thread (a fork costs a few us).
 constexpr int64_t kSmallLinearWeightsPerThread = 65536;
+// Kernel runs, read by the tests to tell which path a call took.
+std::atomic<int64_t> small_linear_runs{0};
 
 #if defined(__AVX2__) && defined(__FMA__)
 static inline float lane_sum(__m256 v) {  // ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))
@@ -517,11 +520,13 @@ static inline __m256i first_lanes(int64_t n) {  // lanes [0, n) set, 0 < n < 8
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ones_then_zeros + 8 - n));
 }
 
-// G input rows from m0 against weight rows o..o+R-1 into y[m0.., o..]
+// G input rows from m0 against weight rows o..o+R-1 into y[m0.., o..]; with `next`, prefetches the R weight
+// rows there (the next block's) as it goes.
 template <int R, int G>
 static inline __attribute__((always_inline)) void linear_block(const float* __restrict x, const float* __restrict w,
                                                                const float* bias, float* __restrict y, int64_t in,
-                                                               int64_t out, int64_t o, int64_t m0) {
+                                                               int64_t out, int64_t o, int64_t m0,
+                                                               const float* next = nullptr) {
   if constexpr (G > 0) {
     const float* xg = x + m0 * in;
     const float* wo = w + o * in;
@@ -530,6 +535,8 @@ static inline __attribute__((always_inline)) void linear_block(const float* __re
       for (int g = 0; g < G; ++g) acc[r][g] = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 8 <= in; i += 8) {
+      if (next && (i & 15) == 0)  // a 64-byte line of each row every other chunk
+        for (int r = 0; r < R; ++r) _mm_prefetch(reinterpret_cast<const char*>(next + r * in + i), _MM_HINT_T0);
       __m256 xv[G];
       for (int g = 0; g < G; ++g) xv[g] = _mm256_loadu_ps(xg + g * in + i);
       for (int r = 0; r < R; ++r) {
@@ -572,7 +579,7 @@ __attribute__((noinline)) static float dot_lanes(const float* __restrict x, cons
 
 template <int R, int G>
 static inline void linear_block(const float* x, const float* w, const float* bias, float* y, int64_t in,
-                                int64_t out, int64_t o, int64_t m0) {
+                                int64_t out, int64_t o, int64_t m0, const float* /*next*/ = nullptr) {
   for (int r = 0; r < R; ++r)
     for (int g = 0; g < G; ++g) {
       const float s = dot_lanes(x + (m0 + g) * in, w + (o + r) * in, in);
@@ -581,16 +588,21 @@ static inline void linear_block(const float* x, const float* w, const float* bia
 }
 #endif
 
-// All of y: blocks of R weight rows split over threads; input row groups [0, G0) and [G0, G0 + G1).
+// All of y: blocks of R weight rows split over threads; input row groups [0, G0) and [G0, G0 + G1). With 3 or
+// more rows a block's compute outlasts the hardware prefetcher's lead on its R (3 or 4) streams, so each block
+// prefetches the next (faster when the weights come from DRAM, as a whole model's do); with 1 or 2 rows that
+// only costs load slots (slower when they come from cache).
 template <int R, int G0, int G1>
 static void linear_rows(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t out) {
+  constexpr bool prefetch = G0 + G1 >= 3;
   const int64_t blocks = (out + R - 1) / R;  // the last one may be short
   const int64_t grain = std::max<int64_t>(1, kSmallLinearWeightsPerThread / (R * std::max<int64_t>(in, 1)));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
     for (int64_t k = begin; k < end; ++k) {
       const int64_t o = k * R;
       if (o + R <= out) {
-        linear_block<R, G0>(x, w, bias, y, in, out, o, 0);
+        const float* next = prefetch && k + 1 < end && o + 2 * R <= out ? w + (o + R) * in : nullptr;
+        linear_block<R, G0>(x, w, bias, y, in, out, o, 0, next);
         linear_block<R, G1>(x, w, bias, y, in, out, o, G0);
       } else {
         for (int64_t p = o; p < out; ++p) {
@@ -600,6 +612,22 @@ static void linear_rows(const float* x, const float* w, const float* bias, float
       }
     }
   });
+}
+
+// y (M, out) = x (M, in) W^T (+ bias), all contiguous, 1 <= M <= 8.
+static void small_linear_into(const float* x, const float* w, const float* bias, float* y, int64_t M, int64_t in,
+                              int64_t out) {
+  switch (M) {
+    case 1: linear_rows<8, 1, 0>(x, w, bias, y, in, out); break;
+    case 2: linear_rows<6, 2, 0>(x, w, bias, y, in, out); break;
+    case 3: linear_rows<4, 3, 0>(x, w, bias, y, in, out); break;
+    case 4: linear_rows<3, 4, 0>(x, w, bias, y, in, out); break;
+    case 5: linear_rows<4, 3, 2>(x, w, bias, y, in, out); break;
+    case 6: linear_rows<4, 3, 3>(x, w, bias, y, in, out); break;
+    case 7: linear_rows<3, 4, 3>(x, w, bias, y, in, out); break;
+    default: linear_rows<3, 4, 4>(x, w, bias, y, in, out); break;
+  }
+  small_linear_runs.fetch_add(1, std::memory_order_relaxed);
 }
 
 // x (M, in), weight (out, in), bias (out,) or none, all contiguous fp32 on the CPU, 1 <= M <= 8 -> (M, out).
@@ -620,19 +648,7 @@ at::Tensor small_linear(const at::Tensor& x, const at::Tensor& weight, const c10
     b = bias->data_ptr<float>();
   }
   at::Tensor y = poison ? at::full({M, out}, NAN, x.options()) : at::empty({M, out}, x.options());
-  const float* xp = x.data_ptr<float>();
-  const float* wp = weight.data_ptr<float>();
-  float* yp = y.data_ptr<float>();
-  switch (M) {
-    case 1: linear_rows<8, 1, 0>(xp, wp, b, yp, in, out); break;
-    case 2: linear_rows<6, 2, 0>(xp, wp, b, yp, in, out); break;
-    case 3: linear_rows<4, 3, 0>(xp, wp, b, yp, in, out); break;
-    case 4: linear_rows<3, 4, 0>(xp, wp, b, yp, in, out); break;
-    case 5: linear_rows<4, 3, 2>(xp, wp, b, yp, in, out); break;
-    case 6: linear_rows<4, 3, 3>(xp, wp, b, yp, in, out); break;
-    case 7: linear_rows<3, 4, 3>(xp, wp, b, yp, in, out); break;
-    default: linear_rows<3, 4, 4>(xp, wp, b, yp, in, out); break;
-  }
+  small_linear_into(x.data_ptr<float>(), weight.data_ptr<float>(), b, y.data_ptr<float>(), M, in, out);
   return y;
 }
 
@@ -668,12 +684,15 @@ at::Tensor linear(const at::Tensor& x, const at::Tensor& weight, const c10::opti
                   bool poison) {
   const at::Tensor* b = bias.has_value() && bias->defined() ? &*bias : nullptr;
   if (!small_linear_applies(x, weight, b)) return at::linear(x, weight, bias);
-  const int64_t in = weight.size(1);
-  at::Tensor y = small_linear(x.reshape({-1, in}).contiguous(), weight.contiguous(),
-                              b ? c10::optional<at::Tensor>(b->contiguous()) : c10::nullopt, poison);  // (M, out)
-  std::vector<int64_t> shape = x.sizes().vec();
-  shape.back() = weight.size(0);
-  return y.view(shape);  // (..., out)
+  const int64_t in = weight.size(1), out = weight.size(0);
+  // no-ops (no new tensor) when already contiguous, as in a model
+  const at::Tensor xc = x.contiguous(), wc = weight.contiguous(), bc = b ? b->contiguous() : at::Tensor();
+  std::vector<int64_t> shape = x.sizes().vec();  // (..., in) -> (..., out)
+  shape.back() = out;
+  at::Tensor y = poison ? at::full(shape, NAN, x.options()) : at::empty(shape, x.options());
+  small_linear_into(xc.data_ptr<float>(), wc.data_ptr<float>(), b ? bc.data_ptr<float>() : nullptr,
+                    y.data_ptr<float>(), x.numel() / in, in, out);
+  return y;
 }
 
 }  // namespace
@@ -684,5 +703,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("step", &step, "one SRU decode step (CPU)");
   m.def("step_", &step_, "one SRU decode step (CPU), updating c in place and writing h_out");
   m.def("small_linear", &small_linear, "x W^T (+ bias) for 1..8 rows of x, each weight read once (CPU, fp32)");
+  m.def("small_linear_runs", [] { return small_linear_runs.load(); }, "small_linear kernel runs so far (tests)");
   m.def("linear", &linear, "F.linear on small_linear where it applies (see sru_lm.ops.cpu.linear), else at::linear");
 }

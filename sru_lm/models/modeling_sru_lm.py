@@ -63,7 +63,7 @@ from transformers.utils.output_capturing import capture_outputs
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, ROTARY, SRULMConfig
 from .drafting import SRULMDraftCandidateGenerator, can_draft_directly
-from .sru_backend import linear, sru_recurrence, sru_step, sru_step_, state_dtype
+from .sru_backend import linear, sru_recurrence, sru_recurrence_states, sru_step, sru_step_, state_dtype
 from .sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 
 logger = logging.getLogger(__name__)
@@ -300,13 +300,22 @@ class SRULMLayer(GradientCheckpointingLayer):
                     backend=self.config.sru_backend,
                 )
                 h = h[None]  # (1, B, d)
+        elif cache is not None and cache.record_past and not self.bidirectional:
+            # a recording cache (assisted decoding) keeps the state after every position, for crop(): from the
+            # kernel's own pass where it writes them, else derived by a second pass
+            h, c, states = sru_recurrence_states(
+                U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.scale_x, backend=self.config.sru_backend,
+            )
+            if states is None:
+                states = self._state_after_each_position(U, x, mask_pad, mask, c0, c)
+            cache.update_state(c, L, states)
+            return h.transpose(0, 1)
         else:
             h, c = sru_recurrence(
                 U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.bidirectional, self.scale_x,
                 backend=self.config.sru_backend,
             )
         if cache is not None:
-            # while the cache records (assisted decoding) it keeps the state after every position, for crop()
             states = self._state_after_each_position(U, x, mask_pad, mask, c0, c) if cache.record_past else None
             cache.update_state(c, L, states)
         return h.transpose(0, 1)  # (B, L, d)

@@ -179,6 +179,27 @@ def sru_recurrence(
     return ops.run_recurrence(args, backend)
 
 
+def sru_recurrence_states(
+    U: torch.Tensor,
+    x: torch.Tensor | None,
+    v: torch.Tensor,
+    b: torch.Tensor,
+    initial_state: torch.Tensor | None = None,
+    mask_pad: torch.Tensor | None = None,
+    dropout_mask: torch.Tensor | None = None,
+    scale_x: float = 1.0,
+    backend: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Unidirectional :func:`sru_recurrence` that also returns the state after every position, ``(L, B, H)``,
+    where the backend writes them in the same pass (the C++ CPU kernel, without autograd), and None where it
+    does not (the caller derives them, as :class:`SRULMLayer` does for a recording cache)."""
+    args = (U, x, v, b, initial_state, mask_pad, dropout_mask, False, scale_x)
+    ops = _ops if _ops is not None else _dispatcher()
+    if ops is None:
+        return (*sru_recurrence_ref(*args), None)
+    return ops.run_recurrence_states(args, backend)
+
+
 def sru_step(
     U: torch.Tensor,
     x: torch.Tensor | None,
@@ -266,4 +287,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return _linear(x, weight, bias)
 
 
-__all__ = ["linear", "sru_recurrence", "sru_recurrence_ref", "sru_step", "sru_step_", "sru_step_ref", "state_dtype"]
+__all__ = [
+    "linear", "sru_recurrence", "sru_recurrence_ref", "sru_recurrence_states", "sru_step", "sru_step_",
+    "sru_step_ref", "state_dtype",
+]

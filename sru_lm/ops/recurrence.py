@@ -203,6 +203,20 @@ def run_recurrence(args: tuple, backend: str | None) -> tuple[torch.Tensor, torc
     return _RECURRENCE[select_backend(args[0], backend)](*args[:8], float(args[8]))
 
 
+def run_recurrence_states(args: tuple, backend: str | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """:func:`run_recurrence` plus the state after every position, (L, B, H), where the chosen backend writes
+    them in the same pass (the C++ CPU kernel, unidirectional, no autograd); None elsewhere."""
+    check_recurrence_inputs(*args[:8])
+    which = select_backend(args[0], backend)
+    U, x, v, b, c0, mask_pad, dropout_mask, bidirectional, scale_x = args
+    if which == "cpu" and not bidirectional and not (
+        torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5])
+    ) and not torch.compiler.is_compiling():
+        return cpu.sru_recurrence_states_cpu(U, x, v, b, c0, mask_pad, dropout_mask, float(scale_x))
+    h, c_last = _RECURRENCE[which](*args[:8], float(scale_x))
+    return h, c_last, None
+
+
 def run_step(args: tuple, backend: str | None) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`sru_step` on ``args`` (its first eight arguments, in order)."""
     U, x, v, b, c, mask_pad, dropout_mask, scale_x = args

@@ -331,7 +331,8 @@ def test_a_cache_that_does_not_record_cannot_be_rolled_back(model):
 def test_recorded_states_are_the_states_after_each_position(model, dtype, padded):
     """What a recording forward keeps for crop: the state after every position, as decode steps by the spec
     compute them, with padded positions keeping the last real state (and the initial one before any)."""
-    from sru_lm.models.sru_backend import sru_recurrence, sru_step_ref
+    from sru_lm.models.sru_backend import sru_recurrence, sru_recurrence_states, sru_step_ref
+    from sru_lm.ops import cpu
 
     layer = model.model.layers[1]
     L, B, d = 7, 3, model.config.hidden_size
@@ -346,8 +347,11 @@ def test_recorded_states_are_the_states_after_each_position(model, dtype, padded
         mask_pad[3, 1] = True  # a hole
         mask_pad[5:, 2] = True  # right padding
     with torch.no_grad():
-        _, c_last = sru_recurrence(U, x, layer.weight_c, layer.bias, c0, mask_pad, None, False, layer.scale_x)
+        h, c_last = sru_recurrence(U, x, layer.weight_c, layer.bias, c0, mask_pad, None, False, layer.scale_x)
         got = layer._state_after_each_position(U, x, mask_pad, None, c0, c_last)
+        # the same states from the recurrence's own pass, where its backend writes them (the C++ CPU kernel)
+        h1, c1, one_pass = sru_recurrence_states(U, x, layer.weight_c, layer.bias, c0, mask_pad, None,
+                                                 layer.scale_x)
         c, want = c0, []
         for t in range(L):
             _, c = sru_step_ref(U[t], x[t], layer.weight_c, layer.bias, c, None if mask_pad is None else mask_pad[t],
@@ -359,3 +363,7 @@ def test_recorded_states_are_the_states_after_each_position(model, dtype, padded
     if padded:
         torch.testing.assert_close(got[1, 0], c0[0], rtol=0, atol=0)
         torch.testing.assert_close(got[3, 1], got[2, 1], rtol=0, atol=0)
+    torch.testing.assert_close((h1, c1), (h, c_last), rtol=0, atol=0)
+    if cpu.available():
+        assert one_pass is not None and one_pass.dtype == torch.float32
+        torch.testing.assert_close(one_pass, got, rtol=0, atol=0)  # bit for bit: the same kernel's c

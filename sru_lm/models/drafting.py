@@ -13,8 +13,9 @@ and calls the draft's forward once per drafted token, nothing else:
   ``num_assistant_tokens``, at an end-of-sequence token, or when the draft's probability of its token falls
   under ``assistant_confidence_threshold`` (transformers' defaults: 20 tokens, 0.4);
 - after the target's verification: :meth:`SRULMCache.crop` rolls the draft back to the last accepted token
-  (its cache records the state after every position, as the target's does), and transformers' heuristic
-  schedule, when configured, adjusts the draft length.
+  (its cache records the state after each drafted position, as the target's does; the tokens a round feeds
+  first were accepted already and are not recorded), and transformers' heuristic schedule, when configured,
+  adjusts the draft length.
 
 What reaches the target is what transformers' generator would give it (candidate ids and the processed draft
 scores, for speculative sampling), so greedy assisted decoding yields plain greedy's tokens whatever the draft
@@ -27,6 +28,8 @@ siblings.
 """
 
 from __future__ import annotations
+
+import inspect
 
 import torch
 from transformers.generation import LogitsProcessorList
@@ -66,6 +69,9 @@ class SRULMDraftCandidateGenerator(AssistedCandidateGenerator):
         super().__init__(input_ids, assistant_model, generation_config, model_kwargs, inputs_tensor,
                          logits_processor)
         self.logits_processor = LogitsProcessorList(self.logits_processor)  # the base class leaves a plain list
+        # LogitsProcessorList.__call__ reads every processor's signature on every call (~0.1 ms a token here):
+        # processors taking only (input_ids, scores) are called directly, read once here
+        self._direct = all(len(inspect.signature(p.__call__).parameters) <= 2 for p in self.logits_processor)
         self.do_sample = bool(generation_config.do_sample)
         self.confidence_threshold = self.assistant_generation_config.assistant_confidence_threshold or 0.0
         eos = generation_config._eos_token_tensor if hasattr(generation_config, "_eos_token_tensor") else None
@@ -74,14 +80,24 @@ class SRULMDraftCandidateGenerator(AssistedCandidateGenerator):
         self.absorbed = 0  # tokens of the sequence the draft's cache holds (a prefix of input_ids)
         self._round_start: int | None = None  # sequence length when the last round drafted, None: no draft
 
-    def _forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Feed ``tokens`` (1, n) to the draft after the ``absorbed`` ones; the logits after the last one."""
+    def _forward(self, tokens: torch.Tensor, record: bool) -> torch.Tensor:
+        """Feed ``tokens`` (1, n) to the draft after the ``absorbed`` ones; the logits after the last one. Only
+        drafted tokens can be rejected, so only their forwards record the states that crop rolls back to: the
+        round's first forward feeds tokens the target already accepted, without recording."""
+        if self.cache is not None:
+            for layer in self.cache.layers:
+                layer.record_past = record
         out = self.assistant_model(input_ids=tokens, cache=self.cache, use_cache=True, logits_to_keep=1)
-        if self.cache is None:
-            self.cache = out.cache
-            self.cache.activate_past_recording()
+        self.cache = out.cache
         self.absorbed += tokens.shape[1]
         return out.logits[:, -1].float()
+
+    def _process(self, ids: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        if not self._direct:
+            return self.logits_processor(ids, logits)
+        for processor in self.logits_processor:
+            logits = processor(ids, logits)
+        return logits
 
     def _is_eos(self, token: torch.Tensor) -> bool:
         return self.eos_token_id is not None and bool(torch.isin(token, self.eos_token_id).any())
@@ -100,8 +116,8 @@ class SRULMDraftCandidateGenerator(AssistedCandidateGenerator):
         feed = input_ids[:, self.absorbed:]
         with torch.no_grad():  # not inference_mode: crop writes these tensors outside it
             for i in range(max_new):
-                logits = self._forward(feed)
-                processed = self.logits_processor(ids, logits) if len(self.logits_processor) else logits
+                logits = self._forward(feed, record=i > 0)
+                processed = self._process(ids, logits)
                 if self.do_sample:
                     token = torch.multinomial(processed.softmax(-1), num_samples=1)
                 else:

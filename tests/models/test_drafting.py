@@ -76,6 +76,8 @@ def test_the_draft_rolls_back_to_the_accepted_prefix(accepted):
     gen = _generator(draft, ids)
     candidates, scores = gen.get_candidates(ids)
     assert candidates.shape == (1, len(PROMPT) + 3) and scores.shape == (1, 3, VOCAB)
+    # only the 2 fed draft tokens were recorded (the state before them and after each), not the prompt
+    assert all(len(layer._history) == 3 for layer in gen.cache.layers)
     own = (candidates[:, len(PROMPT) + accepted] + 1) % VOCAB if accepted < 3 else torch.tensor([4])
     sequence = torch.cat([candidates[:, :len(PROMPT) + accepted], own.view(1, 1)], dim=1)
     gen.update_candidate_strategy(sequence, torch.zeros(1, 4, VOCAB), accepted)

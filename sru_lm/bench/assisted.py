@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -28,7 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
-from .machine import command_line, machine_description, now
+from .machine import command_line, emit_report, machine_description, now
 
 GREEDY = "greedy"
 
@@ -314,12 +313,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         f"**Goal** (issue 16: with a trained draft, assisted greedy decoding faster than plain greedy at equal "
         f"output on CPU, side by side): {verdict(rows)}.",
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit_report("\n".join(lines) + "\n", args.out)
     return rows
 
 

@@ -14,14 +14,13 @@ weights do not fit the cache, both read them from memory once per call, which th
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 import torch.nn.functional as F
 
 from ..ops import cpu
-from .machine import command_line, machine_description, now
+from .machine import command_line, emit_report, machine_description, now
 
 # (out_features, in_features) of the 12.4M target and the 2.5M main-job model (benchmarks/bench_generate_assisted.md)
 SHAPES = {
@@ -111,12 +110,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         "",
         *table(results),
     ]
-    text = "\n".join(lines) + "\n"
-    print(text)
-    if args.out:
-        os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-        with open(args.out, "w") as f:
-            f.write(text)
+    emit_report("\n".join(lines) + "\n", args.out)
     return results
 
 

@@ -41,3 +41,12 @@ def now() -> str:
 
 
 __all__ = ["command_line", "machine_description", "now"]
+
+
+def emit_report(text: str, out: str | None) -> None:
+    """Print a benchmark's markdown report and, given ``out``, also write it there (making the folder)."""
+    print(text)
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            f.write(text)

@@ -284,6 +284,7 @@ class SRULMLayer(GradientCheckpointingLayer):
         mask = dropout_mask(B, d, self.dropout, self.training, U)  # (B, d), the same at every step
         c0 = None if cache is None else cache.c
         x = x.to(U.dtype)  # the highway input: under autocast U comes out of out_proj in bf16/fp16
+        states = None  # the SRU state after each position, when a recording cache needs them
         if c0 is not None and L == 1 and not self.bidirectional:
             if self._steps_in_place(cache, U, x):  # the static cache's own c becomes the new state
                 c, h = c0, U.new_empty(B, d)
@@ -301,22 +302,19 @@ class SRULMLayer(GradientCheckpointingLayer):
                 )
                 h = h[None]  # (1, B, d)
         elif cache is not None and cache.record_past and not self.bidirectional:
-            # a recording cache (assisted decoding) keeps the state after every position, for crop(): from the
-            # kernel's own pass where it writes them, else derived by a second pass
+            # the kernel's own pass gives the per-position states a recording cache keeps, where it writes them
             h, c, states = sru_recurrence_states(
                 U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.scale_x, backend=self.config.sru_backend,
             )
-            if states is None:
-                states = self._state_after_each_position(U, x, mask_pad, mask, c0, c)
-            cache.update_state(c, L, states)
-            return h.transpose(0, 1)
         else:
             h, c = sru_recurrence(
                 U, x, self.weight_c, self.bias, c0, mask_pad, mask, self.bidirectional, self.scale_x,
                 backend=self.config.sru_backend,
             )
         if cache is not None:
-            states = self._state_after_each_position(U, x, mask_pad, mask, c0, c) if cache.record_past else None
+            # while the cache records (assisted decoding) it keeps the state after every position, for crop()
+            if cache.record_past and states is None:
+                states = self._state_after_each_position(U, x, mask_pad, mask, c0, c)
             cache.update_state(c, L, states)
         return h.transpose(0, 1)  # (B, L, d)
 

@@ -271,17 +271,13 @@ def _(U, x, v, b, c, mask_pad, dropout_mask, scale_x):
 # ---- entry points (called by sru_lm.ops.recurrence, arguments checked there) --------------------------
 
 
-def sru_recurrence_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional, scale_x):
-    """:func:`sru_lm.ops.sru_recurrence` on the C++ kernel."""
-    if U.dtype == torch.float16:  # the fp32 kernel (see the module docstring); h back in fp16
-        h, c_last = sru_recurrence_cpu(U.float(), None if x is None else x.float(), v, b, initial_state, mask_pad,
-                                       dropout_mask, bidirectional, scale_x)
-        return h.half(), c_last
+def _kernel_args(U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional, scale_x) -> tuple:
+    """The kernel's arguments in its layout: contiguous, v, b, c0 and the dropout mask in the state dtype, x
+    only when U holds three projections (k == 3)."""
     acc = state_dtype(U.dtype)
     D = 2 if bidirectional else 1
     k3 = U.shape[-1] == 3 * D * v.shape[-1]
-    # Casts happen outside the op so autograd routes the gradients back through them.
-    args = (
+    return (
         U.contiguous(),
         x.contiguous() if k3 else None,
         v.to(acc).contiguous(),
@@ -292,6 +288,16 @@ def sru_recurrence_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask, bidire
         bidirectional,
         float(scale_x),
     )
+
+
+def sru_recurrence_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional, scale_x):
+    """:func:`sru_lm.ops.sru_recurrence` on the C++ kernel."""
+    if U.dtype == torch.float16:  # the fp32 kernel (see the module docstring); h back in fp16
+        h, c_last = sru_recurrence_cpu(U.float(), None if x is None else x.float(), v, b, initial_state, mask_pad,
+                                       dropout_mask, bidirectional, scale_x)
+        return h.half(), c_last
+    # Casts happen outside the op so autograd routes the gradients back through them.
+    args = _kernel_args(U, x, v, b, initial_state, mask_pad, dropout_mask, bidirectional, scale_x)
     save = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in args[:5])
     if save or torch.compiler.is_compiling():
         h, c_last, _ = torch.ops.sru_lm.cpu_scan_fwd(*args, save)
@@ -308,16 +314,8 @@ def sru_recurrence_states_cpu(U, x, v, b, initial_state, mask_pad, dropout_mask,
         h, c_last, states = sru_recurrence_states_cpu(U.float(), None if x is None else x.float(), v, b,
                                                       initial_state, mask_pad, dropout_mask, scale_x)
         return h.half(), c_last, states
-    acc = state_dtype(U.dtype)
-    k3 = U.shape[-1] == 3 * v.shape[-1]
-    h, c_last, states = _ext.forward(
-        U.contiguous(), x.contiguous() if k3 else None, v.to(acc).contiguous(), b.to(acc).contiguous(),
-        None if initial_state is None else initial_state.to(acc).contiguous(),
-        None if mask_pad is None else mask_pad.contiguous(),
-        None if dropout_mask is None else dropout_mask.to(acc).contiguous(), False, float(scale_x), True,
-        poison_outputs,
-    )
-    return h, c_last, states
+    args = _kernel_args(U, x, v, b, initial_state, mask_pad, dropout_mask, False, scale_x)
+    return tuple(_ext.forward(*args, True, poison_outputs))
 
 
 def sru_step_cpu(U, x, v, b, c, mask_pad, dropout_mask, scale_x):

@@ -41,6 +41,7 @@ class Mode:
     kind: str  # "greedy" | "assistant" | "lookup"
     k: int | None = None
     generic: bool = False  # an assistant drafting through transformers' generator (a generate() per round)
+    vocab: int | None = None  # the draft's generation_config.draft_vocab_size (None: the whole vocabulary)
 
 
 @dataclass
@@ -57,12 +58,15 @@ class Tally:
 
 
 def modes(draft_lengths: Sequence[int], heuristic: bool, lookup: Sequence[int], with_draft: bool,
-          generic_lengths: Sequence[int] = ()) -> list[Mode]:
-    """Greedy first, then the draft at each length (and its own generation config), the draft through
-    transformers' generator at ``generic_lengths``, then prompt lookup."""
+          generic_lengths: Sequence[int] = (), vocab_sizes: Sequence[int] = ()) -> list[Mode]:
+    """Greedy first, then the draft at each length, at each length again drafting among the first ``n`` token
+    ids for each n in ``vocab_sizes``, with its own generation config, through transformers' generator at
+    ``generic_lengths``, then prompt lookup."""
     out = [Mode(GREEDY, "greedy")]
     if with_draft:
         out += [Mode(f"draft k={k}", "assistant", k) for k in draft_lengths]
+        out += [Mode(f"draft k={k}, draft vocab {n}", "assistant", k, vocab=n)
+                for n in vocab_sizes for k in draft_lengths]
         if heuristic:
             out.append(Mode("draft, heuristic k", "assistant", None))
         out += [Mode(f"draft k={k}, transformers' generator", "assistant", k, generic=True) for k in generic_lengths]
@@ -126,9 +130,12 @@ def _generate(target: PreTrainedModel, draft: PreTrainedModel | None, mode: Mode
             del draft.draft_directly
 
 
-def _set_draft_length(draft: PreTrainedModel, base_config, k: int | None) -> None:
-    """A fixed k: constant schedule and no confidence cut-off; None: the draft's own configuration."""
+def _set_draft_length(draft: PreTrainedModel, base_config, k: int | None, vocab: int | None = None) -> None:
+    """A fixed k: constant schedule and no confidence cut-off; None: the draft's own configuration. ``vocab``:
+    draft among the first ``vocab`` token ids (``draft_vocab_size``)."""
     draft.generation_config = copy.deepcopy(base_config)
+    if vocab is not None:
+        draft.generation_config.draft_vocab_size = vocab
     if k is not None:
         draft.generation_config.num_assistant_tokens = k
         draft.generation_config.num_assistant_tokens_schedule = "constant"
@@ -149,7 +156,7 @@ def run_modes(target: PreTrainedModel, draft: PreTrainedModel | None, mode_list:
             for _ in range(repeats):
                 for mode in mode_list:
                     if mode.kind == "assistant":
-                        _set_draft_length(draft, base, mode.k)
+                        _set_draft_length(draft, base, mode.k, mode.vocab)
                     counter.reset()
                     t0, c0 = time.perf_counter(), time.process_time()
                     out = _generate(target, draft, mode, ids, new_tokens)
@@ -236,6 +243,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--generic-draft-lengths", type=int, nargs="*", default=[],
                         help="also run the draft through transformers' AssistedCandidateGenerator (a generate() "
                              "per round) at these lengths, for comparison")
+    parser.add_argument("--draft-vocab-sizes", type=int, nargs="*", default=[],
+                        help="also run each draft length drafting only among the first n token ids "
+                             "(generation_config.draft_vocab_size), for each n")
     parser.add_argument("--prompt-lookup", type=int, nargs="*", default=[4], help="prompt_lookup_num_tokens values")
     parser.add_argument("--prompts", type=int, default=8, help="prompts cut from the test books")
     parser.add_argument("--prompt-tokens", type=int, default=64)
@@ -251,7 +261,7 @@ def _check_args(args: argparse.Namespace) -> None:
     for name in ("prompts", "prompt_tokens", "new_tokens", "repeats"):
         if getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
-    for name in ("draft_lengths", "generic_draft_lengths", "prompt_lookup"):
+    for name in ("draft_lengths", "generic_draft_lengths", "prompt_lookup", "draft_vocab_sizes"):
         if any(k < 1 for k in getattr(args, name)):
             raise ValueError(f"--{name.replace('_', '-')} values must be >= 1, got {getattr(args, name)}")
 
@@ -285,7 +295,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         texts = list(load_lm_corpus(args.data)["test"]["text"])
     prompts = prompts_from_books(texts, tokenizer, args.prompts, args.prompt_tokens)
     mode_list = modes(args.draft_lengths, args.heuristic, args.prompt_lookup, draft is not None,
-                      args.generic_draft_lengths)
+                      args.generic_draft_lengths, args.draft_vocab_sizes)
     _generate(target, draft, mode_list[0], prompts[0], 4)  # warm-up: lazy imports, allocator
 
     def progress(p, totals):

@@ -62,7 +62,7 @@ from transformers.utils.output_capturing import capture_outputs
 
 from .cache import SRULMCache, SRULMLayerCache
 from .configuration_sru_lm import ATTENTION_LAYER, ROTARY, SRULMConfig
-from .drafting import SRULMDraftCandidateGenerator, can_draft_directly
+from .drafting import SRULMDraftCandidateGenerator, assisted_decode, can_draft_directly, verifies_directly
 from .sru_backend import linear, sru_recurrence, sru_recurrence_states, sru_step, sru_step_, state_dtype
 from .sru_init import dropout_mask, highway_scale, init_sru_weights_, uniform_fan_in_
 
@@ -679,6 +679,26 @@ class SRULMForCausalLM(SRULMPreTrainedModel, GenerationMixin):
             generation_config=generation_config, input_ids=input_ids, inputs_tensor=inputs_tensor,
             logits_processor=logits_processor, model_kwargs=model_kwargs, assistant_model=assistant_model,
             target_tokenizer=target_tokenizer, assistant_tokenizer=assistant_tokenizer,
+        )
+
+    def _assisted_decoding(self, input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=False,
+                           streamer=None, inputs_tensor=None, assistant_model=None, assistant_tokenizer=None,
+                           tokenizer=None, **model_kwargs):
+        """``generate(..., assistant_model=draft)`` with an ``sru_lm`` draft runs :func:`~.drafting.assisted_decode`
+        (transformers' rules, less work per round); every other assisted call runs transformers' own loop."""
+        if verifies_directly(self, generation_config, assistant_model, model_kwargs, input_ids, synced_gpus,
+                             tokenizer, assistant_tokenizer):
+            generator = self._get_candidate_generator(
+                generation_config=generation_config, input_ids=input_ids, inputs_tensor=inputs_tensor,
+                logits_processor=logits_processor, model_kwargs=model_kwargs, assistant_model=assistant_model,
+                target_tokenizer=tokenizer, assistant_tokenizer=assistant_tokenizer,
+            )
+            return assisted_decode(self, input_ids, generator, logits_processor, stopping_criteria, generation_config,
+                                   model_kwargs["cache"], streamer)
+        return super()._assisted_decoding(
+            input_ids, logits_processor, stopping_criteria, generation_config, synced_gpus=synced_gpus,
+            streamer=streamer, inputs_tensor=inputs_tensor, assistant_model=assistant_model,
+            assistant_tokenizer=assistant_tokenizer, tokenizer=tokenizer, **model_kwargs,
         )
 
     def create_masks_for_generate(self, config, inputs_embeds, attention_mask, cache=None, **kwargs):

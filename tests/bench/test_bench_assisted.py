@@ -52,8 +52,9 @@ def test_identical_draft_has_every_draft_token_accepted(target, prompts):
 
 
 def test_different_draft_and_prompt_lookup_keep_greedy_tokens(target, prompts):
-    modes = bench.modes([1, 4], heuristic=True, lookup=[2], with_draft=True, generic_lengths=[4])
-    assert [m.name for m in modes] == [bench.GREEDY, "draft k=1", "draft k=4", "draft, heuristic k",
+    modes = bench.modes([1, 4], heuristic=True, lookup=[2], with_draft=True, generic_lengths=[4], vocab_sizes=[9])
+    assert [m.name for m in modes] == [bench.GREEDY, "draft k=1", "draft k=4", "draft k=1, draft vocab 9",
+                                       "draft k=4, draft vocab 9", "draft, heuristic k",
                                        "draft k=4, transformers' generator", "prompt lookup k=2"]
     draft = tiny(7)
     totals = bench.run_modes(target, draft, modes, prompts, new_tokens=12, repeats=2)
@@ -66,6 +67,7 @@ def test_different_draft_and_prompt_lookup_keep_greedy_tokens(target, prompts):
     assert totals["draft k=4"].forwards == totals["draft k=4, transformers' generator"].forwards
     assert totals["draft k=4"].drafted == totals["draft k=4, transformers' generator"].drafted
     assert not hasattr(draft, "draft_directly")  # the switch is put back
+    assert getattr(draft.generation_config, "draft_vocab_size", None) is None  # and the draft's config
     assert bench.verdict(rows).startswith(("MET", "NOT met"))
 
 

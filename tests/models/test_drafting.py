@@ -161,3 +161,179 @@ def test_other_cases_keep_transformers_generators(target):
     padded = {"attention_mask": torch.tensor([[0] + [1] * 6])}
     made = target._get_candidate_generator(config, ids, ids, [], padded, assistant_model=draft)
     assert type(made) is AssistedCandidateGenerator
+
+
+# ---- the assisted loop (assisted_decode) --------------------------------------------------------------------
+
+
+def _perturbed(target, seed: int = 5, scale: float = 0.05, k: int = 3):
+    """A copy of the target that agrees with it on some drafted tokens, not all."""
+    draft = copy.deepcopy(target)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in draft.parameters():
+            p.add_(scale * torch.randn(p.shape, generator=g) * p.abs().mean())
+    c = draft.generation_config
+    c.num_assistant_tokens, c.num_assistant_tokens_schedule, c.assistant_confidence_threshold = k, "constant", 0.0
+    return draft
+
+
+def _both_loops(target, draft, ids, monkeypatch, **kw):
+    """generate() through assisted_decode and through transformers' own loop (same draft generator)."""
+    ours = target.generate(ids, assistant_model=draft, **kw)
+    with monkeypatch.context() as m:
+        m.setattr("sru_lm.models.modeling_sru_lm.verifies_directly", lambda *a, **k: False)
+        theirs = target.generate(ids, assistant_model=draft, **kw)
+    return ours, theirs
+
+
+def test_the_sru_lm_loop_runs_for_an_sru_lm_draft_and_only_then(target, monkeypatch):
+    """An sru_lm draft decodes through assisted_decode (transformers' loop would fail here); with
+    ``draft_directly = False`` transformers' generator and loop run, and the tokens are the same."""
+    from transformers.generation.utils import GenerationMixin
+
+    draft, ids = _perturbed(target), torch.tensor([PROMPT])
+    plain = target.generate(ids, max_new_tokens=16, do_sample=False)
+    theirs = GenerationMixin._assisted_decoding
+    with monkeypatch.context() as m:
+        m.setattr(GenerationMixin, "_assisted_decoding", lambda *a, **k: pytest.fail("transformers' loop ran"))
+        ours = target.generate(ids, max_new_tokens=16, do_sample=False, assistant_model=draft)
+    torch.testing.assert_close(ours, plain, rtol=0, atol=0)
+    calls = []
+    with monkeypatch.context() as m:
+        m.setattr(GenerationMixin, "_assisted_decoding", lambda *a, **k: calls.append(1) or theirs(*a, **k))
+        draft.draft_directly = False
+        try:
+            generic = target.generate(ids, max_new_tokens=16, do_sample=False, assistant_model=draft)
+        finally:
+            del draft.draft_directly
+    assert calls == [1]
+    torch.testing.assert_close(generic, plain, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("k", [1, 2, 5])
+def test_scores_logits_and_processors_match_transformers_loop(target, monkeypatch, k):
+    """return_dict_in_generate with scores and raw logits, under min_new_tokens and a repetition penalty (logits
+    processors applied at every verified position): the same sequences, scores and logits as transformers'
+    loop, one entry per new token."""
+    draft, ids = _perturbed(target, k=k), torch.tensor([PROMPT])
+    kw = dict(max_new_tokens=14, min_new_tokens=14, repetition_penalty=1.3, do_sample=False,
+              return_dict_in_generate=True, output_scores=True, output_logits=True)
+    ours, theirs = _both_loops(target, draft, ids, monkeypatch, **kw)
+    plain = target.generate(ids, **kw)
+    torch.testing.assert_close(ours.sequences, plain.sequences, rtol=0, atol=0)
+    torch.testing.assert_close(ours.sequences, theirs.sequences, rtol=0, atol=0)
+    assert len(ours.scores) == len(ours.logits) == len(theirs.scores) == 14
+    for name in ("scores", "logits"):
+        for a, b, c in zip(getattr(ours, name), getattr(theirs, name), getattr(plain, name), strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(a, c, rtol=1e-5, atol=1e-5)
+    assert ours.cache is not None and ours.cache.get_seq_length() == ours.sequences.shape[1] - 1
+
+
+def test_end_of_sequence_and_max_length_cut_the_accepted_drafts(target):
+    """An end-of-sequence token inside an accepted draft ends the output there (plain greedy stops at the same
+    token), and a draft running past max_new_tokens is cut: the output is greedy's either way."""
+    ids = torch.tensor([PROMPT])
+    free = target.generate(ids, max_new_tokens=20, do_sample=False)[0, ids.shape[1]:].tolist()
+    eos = free[6]  # a token greedy decoding reaches after a few steps
+    draft = copy.deepcopy(target)  # every draft is accepted, so the end comes inside a draft
+    c = draft.generation_config
+    c.num_assistant_tokens, c.num_assistant_tokens_schedule, c.assistant_confidence_threshold = 4, "constant", 0.0
+    for max_new in (20, 7, 3):
+        plain = target.generate(ids, max_new_tokens=max_new, do_sample=False, eos_token_id=eos)
+        assisted = target.generate(ids, max_new_tokens=max_new, do_sample=False, eos_token_id=eos,
+                                   assistant_model=draft)
+        torch.testing.assert_close(assisted, plain, rtol=0, atol=0)
+        assert plain.shape[1] - ids.shape[1] == min(max_new, free.index(eos) + 1)
+
+
+def test_streamer_gets_every_token_once(target):
+    class Collect:
+        def __init__(self):
+            self.tokens, self.ended = [], False
+
+        def put(self, value):
+            self.tokens += value.reshape(-1).tolist()
+
+        def end(self):
+            self.ended = True
+
+    draft, ids, streamer = _perturbed(target), torch.tensor([PROMPT]), Collect()
+    out = target.generate(ids, max_new_tokens=15, do_sample=False, assistant_model=draft, streamer=streamer)
+    assert streamer.ended and streamer.tokens == out[0].tolist()  # the prompt (put by generate), then the rest
+
+
+def test_heuristic_schedule_carries_over_to_the_next_call(target):
+    """As in transformers: the heuristic draft length a call ends with is where the next call starts."""
+    draft = copy.deepcopy(target)  # every draft accepted: the heuristic grows the length by 2 per round
+    c = draft.generation_config
+    c.num_assistant_tokens, c.num_assistant_tokens_schedule, c.assistant_confidence_threshold = 2, "heuristic", 0.0
+    target.generate(torch.tensor([PROMPT]), max_new_tokens=20, do_sample=False, assistant_model=draft)
+    assert draft.generation_config.num_assistant_tokens > 2
+
+
+# ---- drafting among the first token ids (generation_config.draft_vocab_size) --------------------------------
+
+
+@pytest.mark.parametrize("n", [7, 30])
+def test_a_draft_vocabulary_keeps_the_drafts_logits_on_its_tokens(n):
+    """With draft_vocab_size = n the scores are the draft's own logits on tokens 0..n-1 and -inf elsewhere, and
+    every drafted token is one of those."""
+    draft = _draft(k=4)
+    draft.generation_config.draft_vocab_size = n
+    ids = torch.tensor([PROMPT])
+    candidates, scores = _generator(draft, ids).get_candidates(ids)
+    with torch.no_grad():
+        full = draft(candidates).logits[:, len(PROMPT) - 1:-1]
+    torch.testing.assert_close(scores[..., :n], full[..., :n], rtol=1e-5, atol=1e-5)
+    assert torch.isneginf(scores[..., n:]).all()
+    assert (candidates[0, len(PROMPT):] < n).all()
+    torch.testing.assert_close(candidates[:, len(PROMPT):], full[..., :n].argmax(-1), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("n", [1, 20, VOCAB])
+def test_assisted_greedy_with_a_draft_vocabulary_equals_greedy(target, n):
+    draft, ids = _perturbed(target, k=3), torch.tensor([PROMPT])
+    draft.generation_config.draft_vocab_size = n
+    plain = target.generate(ids, max_new_tokens=16, do_sample=False)
+    assisted = target.generate(ids, max_new_tokens=16, do_sample=False, assistant_model=draft)
+    torch.testing.assert_close(assisted, plain, rtol=0, atol=0)
+
+
+def test_speculative_sampling_with_a_draft_vocabulary_still_reaches_every_token(target):
+    """The draft proposes only tokens 0..4, but the target's tokens come from the residual of speculative
+    sampling where it rejects, so tokens outside the draft's vocabulary still appear."""
+    draft = _perturbed(target, k=2)
+    draft.generation_config.draft_vocab_size = 5
+    torch.manual_seed(0)
+    out = target.generate(torch.tensor([PROMPT]), max_new_tokens=40, min_new_tokens=40, do_sample=True,
+                          top_k=0, assistant_model=draft)
+    new = out[0, len(PROMPT):]
+    assert new.numel() == 40 and (new >= 5).any()
+
+
+@pytest.mark.parametrize("bad", [0, VOCAB + 1, 2.5, True, "10"])
+def test_a_bad_draft_vocab_size_is_refused(bad):
+    draft = _draft()
+    draft.generation_config.draft_vocab_size = bad
+    ids = torch.tensor([PROMPT])
+    with pytest.raises(ValueError, match="draft_vocab_size"):
+        _generator(draft, ids)
+
+
+@pytest.mark.parametrize("extra", [dict(return_dict_in_generate=True, output_hidden_states=True),
+                                   dict(return_dict_in_generate=True, output_attentions=True),
+                                   dict(cache_implementation="static")])
+def test_what_only_transformers_loop_returns_runs_there(target, monkeypatch, extra):
+    """Hidden states, attentions and a static cache go through transformers' loop, with greedy's tokens."""
+    from transformers.generation.utils import GenerationMixin
+
+    theirs, calls = GenerationMixin._assisted_decoding, []
+    monkeypatch.setattr(GenerationMixin, "_assisted_decoding", lambda *a, **k: calls.append(1) or theirs(*a, **k))
+    draft, ids = _perturbed(target), torch.tensor([PROMPT])
+    plain = target.generate(ids, max_new_tokens=10, do_sample=False)
+    out = target.generate(ids, max_new_tokens=10, do_sample=False, assistant_model=draft, **extra)
+    sequences = out if isinstance(out, torch.Tensor) else out.sequences
+    assert calls == [1]
+    torch.testing.assert_close(sequences, plain, rtol=0, atol=0)

@@ -503,7 +503,7 @@ void step_(const at::Tensor& U, const c10::optional<at::Tensor>& x, const at::Te
 
 constexpr int64_t kSmallLinearMaxRows = 8;
 // A thread gets at least this many weights: a small matrix stays on one thread (a fork costs a few us).
-constexpr int64_t kSmallLinearWeightsPerThread = 65536;
+constexpr int64_t kSmallLinearWeightsPerThread = 65536;  // 4 MiB of fp32: past L2, from DRAM
 // Kernel runs, read by the tests to tell which path a call took.
 std::atomic<int64_t> small_linear_runs{0};
 
@@ -588,13 +588,13 @@ static inline void linear_block(const float* x, const float* w, const float* bia
 }
 #endif
 
-// All of y: blocks of R weight rows split over threads; input row groups [0, G0) and [G0, G0 + G1). With 3 or
-// more rows a block's compute outlasts the hardware prefetcher's lead on its R (3 or 4) streams, so each block
-// prefetches the next (faster when the weights come from DRAM, as a whole model's do); with 1 or 2 rows that
-// only costs load slots (slower when they come from cache).
+// All of y: blocks of R weight rows split over threads; input row groups [0, G0) and [G0, G0 + G1). With 2 or
+// more rows a block's compute outlasts the hardware prefetcher's lead on its R (3 to 6) streams, so each block
+// prefetches the next: 2 rows (a one-token speculative verification) cost 1.0-1.05x one row with it, 1.10-1.18x
+// without, weights from DRAM as a whole model's come (EPYC, one thread). With 1 row it only costs load slots.
 template <int R, int G0, int G1>
 static void linear_rows(const float* x, const float* w, const float* bias, float* y, int64_t in, int64_t out) {
-  constexpr bool prefetch = G0 + G1 >= 3;
+  constexpr bool prefetch = G0 + G1 >= 2;
   const int64_t blocks = (out + R - 1) / R;  // the last one may be short
   const int64_t grain = std::max<int64_t>(1, kSmallLinearWeightsPerThread / (R * std::max<int64_t>(in, 1)));
   at::parallel_for(0, blocks, grain, [&](int64_t begin, int64_t end) {
